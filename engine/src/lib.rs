@@ -1,0 +1,21 @@
+//! rigfleet's hashing engine: SHA-256d and Scrypt on the devices of a rig.
+//!
+//! No tokio and no network: the Stratum layer turns pool jobs into [`Work`], and the engine turns
+//! work into found nonces and hash counts.
+//!
+//! - [`algo`]: algorithms and their scan kernels (portable and SIMD, picked at run time).
+//! - [`target`]: 256-bit targets, nBits, difficulty.
+//! - [`work`]: a header template with its share target, nonce range and version-rolling mask.
+//! - [`device`]: the `Device` trait and the CPU backend.
+//! - [`miner`]: splits nonce space across devices, rolls work, rechecks every found nonce.
+//! - [`meter`]: 5 s / 1 min / 15 min hash-rate averages.
+//! - [`test_vectors`]: real block headers and published hashes used by the tests.
+
+pub mod algo;
+pub mod error;
+pub mod hex;
+pub mod target;
+
+pub use algo::{Algorithm, Kernel, NonceRange};
+pub use error::{EngineError, TargetError};
+pub use target::{Difficulty, Target};
