@@ -1,1 +1,36 @@
-fn main() {}
+//! `rigfleet-agent`: the rig daemon. So far it carries the engine benchmark; the daemon, the
+//! standalone miner and the test pool join it in their own issues.
+
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The rigfleet rig agent.
+#[derive(Debug, Parser)]
+#[command(name = "rigfleet-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure the hashing engine on this CPU.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

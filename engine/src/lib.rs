@@ -19,3 +19,13 @@ pub mod target;
 pub use algo::{Algorithm, Kernel, NonceRange};
 pub use error::{EngineError, TargetError};
 pub use target::{Difficulty, Target};
+pub mod device;
+pub mod meter;
+pub mod miner;
+pub mod test_vectors;
+pub mod work;
+
+pub use device::{Device, DeviceEvent, DeviceId, DeviceInfo};
+pub use meter::{HashMeter, HashRates};
+pub use miner::{Miner, MinerStats, Share, WorkSource};
+pub use work::{Work, WorkId};
