@@ -42,7 +42,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--seconds must be between 0 and 86400");
     }
     let paths: Vec<String> = match args.path.as_deref() {
-        Some("all") => algorithm.kernels().iter().map(|k| k.path().to_string()).collect(),
+        Some("all") => algorithm
+            .kernels()
+            .iter()
+            .map(|k| k.path().to_string())
+            .collect(),
         Some(path) => vec![algorithm.kernel(path)?.path().to_string()],
         None => vec![algorithm.best_kernel()?.path().to_string()],
     };
@@ -54,7 +58,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     for path in &paths {
         for &threads in &thread_counts {
-            let m = measure_rate(algorithm, path, threads, Duration::from_secs_f64(args.seconds))?;
+            let m = measure_rate(
+                algorithm,
+                path,
+                threads,
+                Duration::from_secs_f64(args.seconds),
+            )?;
             if args.json {
                 println!(
                     "{}",
@@ -121,7 +130,11 @@ struct Measurement {
     seconds: f64,
 }
 
-fn cpu_miner(algorithm: Algorithm, path: &str, threads: usize) -> Result<(Miner, mpsc::Receiver<Share>)> {
+fn cpu_miner(
+    algorithm: Algorithm,
+    path: &str,
+    threads: usize,
+) -> Result<(Miner, mpsc::Receiver<Share>)> {
     let (tx, rx) = event_channel();
     let config = CpuConfig {
         algorithm,
@@ -144,11 +157,21 @@ fn rolling_source(algorithm: Algorithm) -> impl FnMut() -> Option<Work> + Send {
         let mut header = BITCOIN_GENESIS.header_with_nonce(0);
         header[36..44].copy_from_slice(&counter.to_le_bytes());
         let target = Target::from_nbits(0x1d00ffff).expect("BUG: constant nbits");
-        Some(Work::new(format!("bench-{counter}"), algorithm, header, target))
+        Some(Work::new(
+            format!("bench-{counter}"),
+            algorithm,
+            header,
+            target,
+        ))
     }
 }
 
-fn measure_rate(algorithm: Algorithm, path: &str, threads: usize, duration: Duration) -> Result<Measurement> {
+fn measure_rate(
+    algorithm: Algorithm,
+    path: &str,
+    threads: usize,
+    duration: Duration,
+) -> Result<Measurement> {
     let (miner, _shares) = cpu_miner(algorithm, path, threads)?;
     miner.set_source(Box::new(rolling_source(algorithm)));
     // Let the workers reach full speed (and the clock settle) before counting.
@@ -161,7 +184,12 @@ fn measure_rate(algorithm: Algorithm, path: &str, threads: usize, duration: Dura
     Ok(Measurement { hashes, seconds })
 }
 
-fn measure_switch(algorithm: Algorithm, path: &str, threads: usize, rounds: usize) -> Result<Vec<Duration>> {
+fn measure_switch(
+    algorithm: Algorithm,
+    path: &str,
+    threads: usize,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
     let (miner, shares) = cpu_miner(algorithm, path, threads)?;
     let block = match algorithm {
         Algorithm::Sha256d => BITCOIN_GENESIS,

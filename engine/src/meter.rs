@@ -115,7 +115,7 @@ mod tests {
         for s in 1..=1000u64 {
             m.record(1_000_000, t0 + Duration::from_secs(s));
         }
-        let r = m.rates(t0 + Duration::from_millis(1000_500));
+        let r = m.rates(t0 + Duration::from_millis(1_000_500));
         for v in [r.avg_5s_hps, r.avg_1m_hps, r.avg_15m_hps] {
             assert!((v - 1e6).abs() / 1e6 < 0.15, "{r:?}");
         }

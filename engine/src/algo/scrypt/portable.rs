@@ -1,4 +1,6 @@
-//! Portable Scrypt: RFC 7914 written out for N=1024, r=1, p=1, one nonce at a time.
+//! Portable Scrypt: the general RFC 7914 function for any N, r and p (checked against the RFC's
+//! vectors), and the reference kernel written out for N=1024, r=1, p=1, one nonce at a time.
+//! Every SIMD kernel is checked against this module.
 
 use super::N;
 use crate::algo::sha256::Sha256;
@@ -57,11 +59,108 @@ impl HmacSha256 {
 
 /// PBKDF2-HMAC-SHA256 with one iteration (RFC 8018), the only count Scrypt uses.
 pub fn pbkdf2_sha256_once(password: &[u8], salt: &[u8], out: &mut [u8]) {
+    pbkdf2_sha256(password, salt, 1, out)
+}
+
+/// PBKDF2-HMAC-SHA256 with any iteration count (RFC 8018 §5.2; RFC 7914 §11 gives vectors).
+///
+/// # Panics
+/// If `iterations` is zero or `out` needs more than 2^32 - 1 blocks.
+pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
+    assert!(iterations > 0, "PBKDF2 needs at least one iteration");
     let hmac = HmacSha256::new(password);
     for (i, chunk) in out.chunks_mut(32).enumerate() {
-        let block_index = (i as u32 + 1).to_be_bytes();
-        let t = hmac.mac(&[salt, &block_index]);
+        let block_index = u32::try_from(i + 1)
+            .expect("PBKDF2 output longer than 2^32 - 1 blocks")
+            .to_be_bytes();
+        let mut u = hmac.mac(&[salt, &block_index]);
+        let mut t = u;
+        for _ in 1..iterations {
+            u = hmac.mac(&[&u[..]]);
+            for (ti, ui) in t.iter_mut().zip(u) {
+                *ti ^= ui;
+            }
+        }
         chunk.copy_from_slice(&t[..chunk.len()]);
+    }
+}
+
+/// Scrypt for any parameters (RFC 7914 §6): `out.len()` is dkLen.
+///
+/// This is the specification written out, used to check the RFC vectors and the specialised
+/// N=1024, r=1, p=1 code; it allocates `128 * r * n` bytes.
+///
+/// # Panics
+/// If `n` is not a power of two greater than one, or `r` or `p` is zero, or `p * r` reaches 2^30
+/// (the limits of RFC 7914 §2).
+pub fn scrypt(password: &[u8], salt: &[u8], n: u64, r: u32, p: u32, out: &mut [u8]) {
+    assert!(
+        n > 1 && n.is_power_of_two(),
+        "scrypt N must be a power of two above 1"
+    );
+    assert!(r > 0 && p > 0, "scrypt r and p must be positive");
+    assert!(
+        u64::from(r) * u64::from(p) < 1 << 30,
+        "scrypt p * r must stay below 2^30"
+    );
+    let n = usize::try_from(n).expect("scrypt N does not fit this machine's memory");
+    let r = r as usize;
+    let block_bytes = 128 * r;
+    let mut b = vec![0u8; block_bytes * p as usize];
+    pbkdf2_sha256(password, salt, 1, &mut b);
+    let mut words = vec![0u32; 32 * r];
+    let mut scratch = vec![0u32; 32 * r * n];
+    for block in b.chunks_mut(block_bytes) {
+        for (w, bytes) in words.iter_mut().zip(block.chunks_exact(4)) {
+            *w = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        romix_general(&mut words, r, &mut scratch);
+        for (w, bytes) in words.iter().zip(block.chunks_exact_mut(4)) {
+            bytes.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+    pbkdf2_sha256(password, &b, 1, out);
+}
+
+/// scryptBlockMix for any r (RFC 7914 §4): `b` holds 2r 64-byte blocks as little-endian words,
+/// `y` is scratch of the same size.
+pub fn block_mix_general(b: &mut [u32], y: &mut [u32]) {
+    let blocks = b.len() / 16;
+    debug_assert!(blocks % 2 == 0 && b.len() == y.len());
+    let mut x: [u32; 16] = b[b.len() - 16..]
+        .try_into()
+        .expect("BUG: 16-word block");
+    for i in 0..blocks {
+        for (xi, bi) in x.iter_mut().zip(&b[16 * i..16 * i + 16]) {
+            *xi ^= bi;
+        }
+        salsa20_8(&mut x);
+        // B' = (Y_0, Y_2, ..., Y_{2r-2}, Y_1, Y_3, ..., Y_{2r-1}).
+        let slot = if i % 2 == 0 { i / 2 } else { blocks / 2 + i / 2 };
+        y[16 * slot..16 * slot + 16].copy_from_slice(&x);
+    }
+    b.copy_from_slice(y);
+}
+
+/// scryptROMix for any N and r (RFC 7914 §5); N is `scratch.len() / b.len()`.
+pub fn romix_general(b: &mut [u32], r: usize, scratch: &mut [u32]) {
+    let len = 32 * r;
+    debug_assert_eq!(b.len(), len);
+    let n = scratch.len() / len;
+    let mut y = vec![0u32; len];
+    for v in scratch.chunks_exact_mut(len) {
+        v.copy_from_slice(b);
+        block_mix_general(b, &mut y);
+    }
+    for _ in 0..n {
+        // Integerify: the last 64-byte block read as a little-endian number, modulo N (a power of
+        // two, so its low 64 bits are enough).
+        let last = len - 16;
+        let j = (u64::from(b[last]) | u64::from(b[last + 1]) << 32) as usize & (n - 1);
+        for (bi, vi) in b.iter_mut().zip(&scratch[j * len..(j + 1) * len]) {
+            *bi ^= vi;
+        }
+        block_mix_general(b, &mut y);
     }
 }
 
