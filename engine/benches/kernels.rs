@@ -23,7 +23,12 @@ fn kernels(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter(kernel.path()), |b| {
                 b.iter(|| {
                     found.clear();
-                    kernel.scan(black_box(&header), &target, NonceRange::new(0, nonces - 1), &mut found);
+                    kernel.scan(
+                        black_box(&header),
+                        &target,
+                        NonceRange::new(0, nonces - 1),
+                        &mut found,
+                    );
                     black_box(found.len())
                 })
             });

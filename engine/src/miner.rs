@@ -346,7 +346,11 @@ fn handle(inner: &Inner, event: DeviceEvent) {
             nonce,
             version,
         } => {
-            let work = inner.dispatch().issued.get(&work_id).map(|(_, w)| Arc::clone(w));
+            let work = inner
+                .dispatch()
+                .issued
+                .get(&work_id)
+                .map(|(_, w)| Arc::clone(w));
             let mut devices = inner.devices();
             let Some(slot) = devices.iter_mut().find(|s| s.device.info().id == device) else {
                 return;

@@ -136,8 +136,12 @@ pub const LITECOIN_GENESIS: RealBlock = RealBlock {
 };
 
 /// The SHA-256d blocks every path is checked on.
-pub const SHA256D_BLOCKS: [RealBlock; 4] =
-    [BITCOIN_GENESIS, BITCOIN_125552, BITCOIN_839900, BITCOIN_881423];
+pub const SHA256D_BLOCKS: [RealBlock; 4] = [
+    BITCOIN_GENESIS,
+    BITCOIN_125552,
+    BITCOIN_839900,
+    BITCOIN_881423,
+];
 
 /// The BIP 320 general-purpose version bits miners may roll (bits 13 to 28).
 pub const BIP320_MASK: u32 = 0x1fff_e000;
@@ -164,7 +168,10 @@ mod tests {
         assert_eq!(hex::encode_reversed(&id), LITECOIN_GENESIS.hash);
         let target = Target::from_nbits(LITECOIN_GENESIS.bits).unwrap();
         assert!(target.is_met_by(&Algorithm::Scrypt.hash(&header)));
-        assert!(!target.is_met_by(&id), "the block id is not the proof of work");
+        assert!(
+            !target.is_met_by(&id),
+            "the block id is not the proof of work"
+        );
     }
 
     #[test]

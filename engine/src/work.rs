@@ -41,7 +41,12 @@ pub struct Work {
 
 impl Work {
     /// Work over the full nonce range with a fresh id.
-    pub fn new(job_id: impl Into<Arc<str>>, algorithm: Algorithm, header: [u8; 80], target: Target) -> Self {
+    pub fn new(
+        job_id: impl Into<Arc<str>>,
+        algorithm: Algorithm,
+        header: [u8; 80],
+        target: Target,
+    ) -> Self {
         Self {
             id: WorkId::next(),
             job_id: job_id.into(),
@@ -141,7 +146,11 @@ mod tests {
         assert_eq!(deposit_bits(1, mask), 0x2000);
         assert_eq!(deposit_bits(2, mask), 0x4000);
         assert_eq!(deposit_bits(0xffff, mask), mask);
-        assert_eq!(deposit_bits(0x1_0000, mask), 0, "bits beyond the mask are dropped");
+        assert_eq!(
+            deposit_bits(0x1_0000, mask),
+            0,
+            "bits beyond the mask are dropped"
+        );
         let mut seen = std::collections::HashSet::new();
         for k in 0..(1u64 << 4) {
             assert!(seen.insert(deposit_bits(k, 0b1010_0101)));

@@ -13,7 +13,10 @@ use rigfleet_engine::{hex, Algorithm, Miner, NonceRange, Share, Target, Work};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn around(nonce: u32, half_width: u32) -> NonceRange {
-    NonceRange::new(nonce.saturating_sub(half_width), nonce.saturating_add(half_width))
+    NonceRange::new(
+        nonce.saturating_sub(half_width),
+        nonce.saturating_add(half_width),
+    )
 }
 
 fn block_work(block: &RealBlock, range: NonceRange) -> Work {
@@ -33,12 +36,25 @@ fn every_kernel_path_finds_exactly_the_real_nonce_of_every_block() {
         for block in SHA256D_BLOCKS {
             let target = Target::from_nbits(block.bits).unwrap();
             let mut found = Vec::new();
-            kernel.scan(&block.header_with_nonce(0), &target, around(block.nonce, 20_000), &mut found);
+            kernel.scan(
+                &block.header_with_nonce(0),
+                &target,
+                around(block.nonce, 20_000),
+                &mut found,
+            );
             let confirmed: Vec<u32> = found
                 .into_iter()
-                .filter(|&n| target.is_met_by(&Algorithm::Sha256d.hash(&block.header_with_nonce(n))))
+                .filter(|&n| {
+                    target.is_met_by(&Algorithm::Sha256d.hash(&block.header_with_nonce(n)))
+                })
                 .collect();
-            assert_eq!(confirmed, vec![block.nonce], "{} on {}", block.name, kernel.path());
+            assert_eq!(
+                confirmed,
+                vec![block.nonce],
+                "{} on {}",
+                block.name,
+                kernel.path()
+            );
             let hash = Algorithm::Sha256d.hash(&block.header_with_nonce(block.nonce));
             assert_eq!(hex::encode_reversed(&hash), block.hash);
         }
@@ -61,18 +77,28 @@ fn cpu_device_reports_the_real_nonce_on_every_path() {
             let mut nonces = Vec::new();
             loop {
                 match rx.recv_timeout(WAIT).expect("device went silent") {
-                    DeviceEvent::Found { work_id, nonce, .. } if work_id == id => nonces.push(nonce),
+                    DeviceEvent::Found { work_id, nonce, .. } if work_id == id => {
+                        nonces.push(nonce)
+                    }
                     DeviceEvent::Exhausted { work_id, .. } if work_id == id => break,
                     _ => {}
                 }
             }
             // The exhausted event may overtake a found event sent by another worker.
-            while let Ok(DeviceEvent::Found { work_id, nonce, .. }) = rx.recv_timeout(Duration::from_millis(100)) {
+            while let Ok(DeviceEvent::Found { work_id, nonce, .. }) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {
                 if work_id == id {
                     nonces.push(nonce);
                 }
             }
-            assert_eq!(nonces, vec![block.nonce], "{} on {}", block.name, kernel.path());
+            assert_eq!(
+                nonces,
+                vec![block.nonce],
+                "{} on {}",
+                block.name,
+                kernel.path()
+            );
         }
         assert!(device.hashes_done().unwrap() >= 4 * 600_000);
     }
@@ -108,7 +134,9 @@ fn miner_rolls_version_bits_to_reach_the_real_header() {
             Some(template.clone())
         }
     }));
-    let share = shares.recv_timeout(WAIT).expect("share from the rolled version");
+    let share = shares
+        .recv_timeout(WAIT)
+        .expect("share from the rolled version");
     assert_eq!(share.version, block.version);
     assert_eq!(share.nonce, block.nonce);
     assert_eq!(hex::encode_reversed(&share.hash), block.hash);
@@ -139,11 +167,17 @@ fn miner_asks_the_source_for_a_new_header_when_a_header_is_exhausted() {
             _ => None,
         }
     }));
-    let share = shares.recv_timeout(WAIT).expect("share from the second header");
+    let share = shares
+        .recv_timeout(WAIT)
+        .expect("share from the second header");
     assert_eq!(share.nonce, block.nonce);
     assert_eq!(&share.work.header[36..68], &block.header()[36..68]);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "third call finds the job exhausted");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "third call finds the job exhausted"
+    );
 }
 
 #[test]

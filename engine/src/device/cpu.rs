@@ -224,14 +224,22 @@ fn worker(shared: &Shared) {
             let first = range.first + offset as u32;
             let last = range.first + (offset + chunk).min(len) as u32 - 1;
             found.clear();
+            shared.kernel.scan(
+                &active.work.header,
+                &active.work.target,
+                NonceRange::new(first, last),
+                &mut found,
+            );
             shared
-                .kernel
-                .scan(&active.work.header, &active.work.target, NonceRange::new(first, last), &mut found);
-            shared.hashes.fetch_add(u64::from(last - first) + 1, Ordering::Relaxed);
+                .hashes
+                .fetch_add(u64::from(last - first) + 1, Ordering::Relaxed);
             for &nonce in &found {
                 // The kernel's filter is coarse for SHA-256d (top word only): confirm the whole
                 // target with the portable hash before reporting.
-                let hash = active.work.algorithm.hash(&active.work.header_with_nonce(nonce));
+                let hash = active
+                    .work
+                    .algorithm
+                    .hash(&active.work.header_with_nonce(nonce));
                 if active.work.target.is_met_by(&hash) {
                     let _ = shared.events.send(DeviceEvent::Found {
                         device: shared.id.clone(),
