@@ -2,6 +2,8 @@
 //! standalone miner and the test pool join it in their own issues.
 
 mod bench;
+mod mine;
+mod pool;
 
 use std::process::ExitCode;
 
@@ -19,12 +21,18 @@ struct Cli {
 enum Command {
     /// Measure the hashing engine on this CPU.
     Bench(bench::BenchArgs),
+    /// Mine on Stratum pools with this machine's CPU, without a server (standalone miner).
+    Mine(mine::MineArgs),
+    /// Run a small validating Stratum pool (for tests and the demo).
+    Pool(pool::PoolArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::Mine(args) => mine::run(args),
+        Command::Pool(args) => pool::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

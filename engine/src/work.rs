@@ -37,6 +37,9 @@ pub struct Work {
     pub nonce_range: NonceRange,
     /// Version bits the pool allows us to change (BIP 310/320); zero when rolling is off.
     pub version_mask: u32,
+    /// Opaque to the engine and kept by derived work (other ranges, rolled versions): the
+    /// producer's way to recognise its header, e.g. the extranonce2 counter of a Stratum job.
+    pub source_tag: u64,
 }
 
 impl Work {
@@ -55,6 +58,7 @@ impl Work {
             target,
             nonce_range: NonceRange::FULL,
             version_mask: 0,
+            source_tag: 0,
         }
     }
 

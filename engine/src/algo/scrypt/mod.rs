@@ -3,9 +3,21 @@
 //!
 //! The work splits into PBKDF2-HMAC-SHA256 before and after (cheap, a few SHA-256 blocks) and
 //! ROMix in between, which costs 2048 Salsa20/8 block mixes over a 128 KiB scratchpad per hash:
-//! SIMD kernels run ROMix for several nonces at once, one nonce per vector lane.
+//! SIMD kernels run everything for several nonces at once, one nonce per vector lane.
+//!
+//! - `portable`: the general RFC 7914 function and the one-nonce-at-a-time reference kernel.
+//! - `lanes` (x86-64): the lane-sliced algorithm, generic over the vector type.
+//! - `x86`: SSE2, AVX2 and AVX-512 instantiations, picked at run time.
 
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub mod portable;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+pub use portable::scrypt;
 
 use super::Kernel;
 
@@ -17,7 +29,15 @@ pub fn hash_header(header: &[u8; 80]) -> [u8; 32] {
     portable::scrypt_1024_1_1_256(header)
 }
 
-/// Every Scrypt kernel this CPU can run, slowest first.
+/// Every Scrypt kernel this CPU can run, slowest first (ordered by measured speed on Zen 4).
 pub fn kernels() -> Vec<&'static dyn Kernel> {
-    vec![&portable::PORTABLE]
+    #[allow(unused_mut)]
+    let mut list: Vec<&'static dyn Kernel> = vec![&portable::PORTABLE];
+    #[cfg(target_arch = "x86_64")]
+    for kernel in [&x86::SSE2, &x86::AVX2, &x86::AVX512, &x86::AVX512_G1, &x86::AVX512_G3, &x86::AVX2_G1, &x86::AVX2_G4, &x86::YVL_G2, &x86::YVL_G4] {
+        if kernel.supported() {
+            list.push(kernel);
+        }
+    }
+    list
 }

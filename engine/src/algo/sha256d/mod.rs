@@ -7,11 +7,15 @@
 
 pub mod portable;
 #[cfg(target_arch = "x86_64")]
+mod precomp;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_shani;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod x86_tests;
 
 use super::sha256::{self, IV};
 use super::Kernel;

@@ -1,0 +1,1 @@
+//! Scrypt tests placeholder.
