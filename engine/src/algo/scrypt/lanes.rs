@@ -23,7 +23,7 @@ use std::cell::RefCell;
 /// The most lanes one group has (AVX-512: 16 lanes of 32 bits).
 pub const MAX_LANES: usize = 16;
 /// The most nonces one batch holds (groups × lanes).
-pub const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 48;
 
 /// A vector of `LANES` 32-bit words with the few operations Scrypt needs.
 ///
@@ -408,18 +408,54 @@ pub unsafe fn hash_batch<V: Lanes, const G: usize>(
     }
 }
 
-/// A 64-byte aligned piece of scratchpad.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u32; 16]);
+/// Scratchpads are aligned to 2 MiB so that the kernel can back them with huge pages: the
+/// second ROMix loop reads random rows over megabytes, which would otherwise miss the TLB.
+const PAD_ALIGN: usize = 2 << 20;
+
+/// One thread's scratchpad allocation.
+struct Pad {
+    ptr: *mut u32,
+    layout: std::alloc::Layout,
+}
+
+impl Pad {
+    fn new(words: usize) -> Self {
+        let bytes = (words * 4).div_ceil(PAD_ALIGN) * PAD_ALIGN;
+        let layout = std::alloc::Layout::from_size_align(bytes, PAD_ALIGN)
+            .expect("BUG: scratchpad layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) }.cast::<u32>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: the range is the allocation just made; the advice only changes how it is backed.
+        unsafe {
+            if std::env::var_os("NOHUGE").is_none() { libc::madvise(ptr.cast(), bytes, libc::MADV_HUGEPAGE); }
+        }
+        Self { ptr, layout }
+    }
+
+    fn words(&self) -> usize {
+        self.layout.size() / 4
+    }
+}
+
+impl Drop for Pad {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `Pad::new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.cast(), self.layout) }
+    }
+}
 
 thread_local! {
     /// Each thread's scratchpad, kept between scans: a scan lasts a few milliseconds, and
     /// allocating and faulting in megabytes each time would cost more than that.
-    static SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Option<Pad>> = const { RefCell::new(None) };
 }
 
-/// This thread's scratchpad, grown to at least `words` words.
+/// This thread's scratchpad, grown to at least `words` words. Its contents are unspecified:
+/// ROMix writes every row before reading it.
 ///
 /// The pointer stays valid until the next call on the same thread; kernels call this once at
 /// the start of a scan and never scan re-entrantly. (A pointer rather than a closure keeps the
@@ -427,11 +463,11 @@ thread_local! {
 pub fn scratch(words: usize) -> *mut u32 {
     SCRATCH.with(|cell| {
         let mut pad = cell.borrow_mut();
-        let lines = words.div_ceil(16);
-        if pad.len() < lines {
-            *pad = vec![Line([0; 16]); lines];
+        if pad.as_ref().is_none_or(|p| p.words() < words) {
+            *pad = None;
+            *pad = Some(Pad::new(words));
         }
-        pad.as_mut_ptr().cast::<u32>()
+        pad.as_ref().expect("BUG: just allocated").ptr
     })
 }
 

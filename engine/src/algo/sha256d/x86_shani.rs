@@ -163,9 +163,9 @@ macro_rules! quad {
 macro_rules! group {
     ($g:ident, $k:expr) => {
         for j in 0..N {
-            let m1 = _mm_sha256msg1_epu32($g[($k - 4) % 4][j], $g[($k - 3) % 4][j]);
+            let m1 = msg1x($g[($k - 4) % 4][j], $g[($k - 3) % 4][j]);
             let w7 = _mm_alignr_epi8::<4>($g[($k - 1) % 4][j], $g[($k - 2) % 4][j]);
-            $g[$k % 4][j] = _mm_sha256msg2_epu32(_mm_add_epi32(m1, w7), $g[($k - 1) % 4][j]);
+            $g[$k % 4][j] = msg2x(_mm_add_epi32(m1, w7), $g[($k - 1) % 4][j]);
         }
     };
 }
@@ -174,7 +174,7 @@ macro_rules! group {
 ///
 /// # Safety
 /// The CPU must support SHA-NI, SSSE3 and SSE4.1.
-#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512vl")]
 pub(super) unsafe fn scan_ways<const N: usize>(
     state: &State,
     top: u32,
@@ -205,7 +205,7 @@ pub(super) unsafe fn scan_ways<const N: usize>(
 /// # Safety
 /// The CPU must support SHA-NI, SSSE3 and SSE4.1.
 #[inline]
-#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512vl")]
 pub(super) unsafe fn hash_ways<const N: usize>(state: &State, base: u32) -> [u32; N] {
     let zero = _mm_setzero_si128();
     let mut abef = [zero; N];
@@ -227,7 +227,7 @@ pub(super) unsafe fn hash_ways<const N: usize>(state: &State, base: u32) -> [u32
         cdgh[j] = cdgh4;
         let group0 = _mm_add_epi32(group0, _mm_slli_si128::<12>(w3));
         // Group 4 = [W16, W17, W18, W19]: one sha256msg1 and the constant σ1 terms.
-        g[0][j] = _mm_add_epi32(_mm_sha256msg1_epu32(group0, group1), fix4);
+        g[0][j] = _mm_add_epi32(msg1x(group0, group1), fix4);
     }
     // Rounds 4..=15: W4 = 0x80000000, W5..W14 = 0, W15 = 640, so W + K is a constant.
     let wk1 = _mm_add_epi32(k4(1), group1);
@@ -239,20 +239,20 @@ pub(super) unsafe fn hash_ways<const N: usize>(state: &State, base: u32) -> [u32
     // Group 5: sha256msg1 and the W[i-7] terms are constant, only σ1 of W18, W19 varies.
     let start5 = load(&state.start5);
     for j in 0..N {
-        g[1][j] = _mm_sha256msg2_epu32(start5, g[0][j]);
+        g[1][j] = msg2x(start5, g[0][j]);
     }
     quad!(abef, cdgh, j => _mm_add_epi32(g[0][j], k4(4)));
     // Group 6: sha256msg1(group 2, group 3) is zero (W8..W12 are zero).
     for j in 0..N {
         let w7 = _mm_alignr_epi8::<4>(g[1][j], g[0][j]);
-        g[2][j] = _mm_sha256msg2_epu32(w7, g[1][j]);
+        g[2][j] = msg2x(w7, g[1][j]);
     }
     quad!(abef, cdgh, j => _mm_add_epi32(g[1][j], k4(5)));
     // Group 7: sha256msg1(group 3, group 4) is the constant `start7`.
     let start7 = load(&state.start7);
     for j in 0..N {
         let w7 = _mm_alignr_epi8::<4>(g[2][j], g[1][j]);
-        g[3][j] = _mm_sha256msg2_epu32(_mm_add_epi32(start7, w7), g[2][j]);
+        g[3][j] = msg2x(_mm_add_epi32(start7, w7), g[2][j]);
     }
     quad!(abef, cdgh, j => _mm_add_epi32(g[2][j], k4(6)));
     group!(g, 8);
@@ -294,30 +294,30 @@ pub(super) unsafe fn hash_ways<const N: usize>(state: &State, base: u32) -> [u32
     quad!(abef, cdgh, j => _mm_add_epi32(g[1][j], k4(1)));
     // Group 4: the W[i-7] terms (W9..W12) are zero.
     for j in 0..N {
-        let m1 = _mm_sha256msg1_epu32(g[0][j], g[1][j]);
-        g[0][j] = _mm_sha256msg2_epu32(m1, group3);
+        let m1 = msg1x(g[0][j], g[1][j]);
+        g[0][j] = msg2x(m1, group3);
     }
     let wk2 = _mm_add_epi32(k4(2), group2);
     let wk3 = _mm_add_epi32(k4(3), group3);
     quad!(abef, cdgh, _j => wk2);
     // Group 5 reads group 2 and group 3 as constants.
     for j in 0..N {
-        let m1 = _mm_sha256msg1_epu32(g[1][j], group2);
+        let m1 = msg1x(g[1][j], group2);
         let w7 = _mm_alignr_epi8::<4>(g[0][j], group3);
-        g[1][j] = _mm_sha256msg2_epu32(_mm_add_epi32(m1, w7), g[0][j]);
+        g[1][j] = msg2x(_mm_add_epi32(m1, w7), g[0][j]);
     }
     quad!(abef, cdgh, _j => wk3);
     // Group 6: sha256msg1(group 2, group 3) = [W8, 0, 0, 0] since W9..W12 are zero.
     for j in 0..N {
         let w7 = _mm_alignr_epi8::<4>(g[1][j], g[0][j]);
-        g[2][j] = _mm_sha256msg2_epu32(_mm_add_epi32(group2, w7), g[1][j]);
+        g[2][j] = msg2x(_mm_add_epi32(group2, w7), g[1][j]);
     }
     quad!(abef, cdgh, j => _mm_add_epi32(g[0][j], k4(4)));
     // Group 7: sha256msg1(group 3, group 4).
     for j in 0..N {
-        let m1 = _mm_sha256msg1_epu32(group3, g[0][j]);
+        let m1 = msg1x(group3, g[0][j]);
         let w7 = _mm_alignr_epi8::<4>(g[2][j], g[1][j]);
-        g[3][j] = _mm_sha256msg2_epu32(_mm_add_epi32(m1, w7), g[2][j]);
+        g[3][j] = msg2x(_mm_add_epi32(m1, w7), g[2][j]);
     }
     quad!(abef, cdgh, j => _mm_add_epi32(g[1][j], k4(5)));
     group!(g, 8);
@@ -347,4 +347,31 @@ pub(super) unsafe fn hash_ways<const N: usize>(state: &State, base: u32) -> [u32
         out[j] = (_mm_cvtsi128_si32(last) as u32).wrapping_add(IV[7]);
     }
     out
+}
+
+#[inline(always)]
+unsafe fn msg2x(a: __m128i, b: __m128i) -> __m128i {
+    #[cfg(exp_nomsg2)]
+    return _mm_xor_si128(a, b);
+    #[cfg(exp_vmsg2)]
+    {
+        let t = ssig1v(_mm_srli_si128::<8>(b));
+        let u = _mm_add_epi32(a, t);
+        let v = ssig1v(_mm_slli_si128::<8>(u));
+        return _mm_add_epi32(u, v);
+    }
+    #[cfg(not(any(exp_nomsg2, exp_vmsg2)))]
+    return _mm_sha256msg2_epu32(a, b);
+}
+#[inline(always)]
+unsafe fn msg1x(a: __m128i, b: __m128i) -> __m128i {
+    #[cfg(exp_nomsg1)]
+    return _mm_xor_si128(a, b);
+    #[cfg(not(exp_nomsg1))]
+    return _mm_sha256msg1_epu32(a, b);
+}
+
+#[inline(always)]
+unsafe fn ssig1v(x: __m128i) -> __m128i {
+    _mm_ternarylogic_epi32::<0x96>(_mm_ror_epi32::<17>(x), _mm_ror_epi32::<19>(x), _mm_srli_epi32::<10>(x))
 }

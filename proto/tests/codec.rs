@@ -1,0 +1,137 @@
+//! Golden frames (one per message type, in `fixtures/`) and malformed input. The fixtures are the
+//! examples of PROTOCOL.md and are read by agent and server tests too.
+
+use std::path::Path;
+
+use rigfleet_proto::command::{Command, CommandOrder};
+use rigfleet_proto::config::DesiredConfig;
+use rigfleet_proto::limits::MAX_FRAME_BYTES;
+use rigfleet_proto::{
+    decode_agent, decode_server, encode_agent, encode_server, ProtoError, ServerMessage,
+};
+use serde_json::Value;
+
+fn fixtures() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_golden_frame_decodes_and_re_encodes_to_the_same_json() {
+    let all = fixtures();
+    assert!(all.len() >= 12, "one fixture per message type");
+    for (name, text) in all {
+        let original: Value = serde_json::from_str(&text).unwrap();
+        let reencoded = if name.starts_with("agent_") {
+            encode_agent(&decode_agent(&text).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap()
+        } else {
+            encode_server(&decode_server(&text).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap()
+        };
+        let back: Value = serde_json::from_str(&reencoded).unwrap();
+        assert_eq!(back, original, "{name}");
+    }
+}
+
+#[test]
+fn order_payloads_in_the_fixtures_parse_as_their_types() {
+    let Ok(ServerMessage::SetConfig(order)) = decode_server(&fixture("server_set_config.json"))
+    else {
+        panic!("set_config fixture");
+    };
+    let config: DesiredConfig = serde_json::from_str(&order.payload).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.version, 5);
+    let Ok(ServerMessage::Command(order)) = decode_server(&fixture("server_command.json")) else {
+        panic!("command fixture");
+    };
+    let cmd: CommandOrder = serde_json::from_str(&order.payload).unwrap();
+    assert_eq!(cmd.command, Command::RestartMining);
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn frames_for_the_other_direction_are_unknown_types() {
+    assert!(
+        matches!(decode_agent(&fixture("server_ack.json")), Err(ProtoError::UnknownType(t)) if t == "ack")
+    );
+    assert!(matches!(
+        decode_server(&fixture("agent_hello.json")),
+        Err(ProtoError::UnknownType(_))
+    ));
+}
+
+#[test]
+fn oversized_frames_are_refused_before_parsing() {
+    let big = format!(
+        "{{\"v\":1,\"type\":\"event\",\"pad\":\"{}\"}}",
+        "x".repeat(MAX_FRAME_BYTES)
+    );
+    assert!(matches!(
+        decode_agent(&big),
+        Err(ProtoError::FrameTooLarge { .. })
+    ));
+}
+
+#[test]
+fn malformed_frames_are_error_values() {
+    let cases = [
+        "",
+        "null",
+        "[]",
+        "{",
+        r#"{"type":"hello"}"#,
+        r#"{"v":"1","type":"hello"}"#,
+        r#"{"v":2,"type":"hello"}"#,
+        r#"{"v":1}"#,
+        r#"{"v":1,"type":7}"#,
+        r#"{"v":1,"type":"telemetry","rig_id":"r","samples":[]}"#,
+        r#"{"v":1,"type":"auth","signature":"00"}"#,
+        r#"{"v":1,"type":"auth","signature":"zz","extra":1}"#,
+        r#"{"v":1,"type":"event","rig_id":"<b>","time_unix_ms":0,"severity":"info","kind":"k","message":"m"}"#,
+        r#"{"v":1,"type":"event","rig_id":"r","time_unix_ms":0,"severity":"loud","kind":"k","message":"m"}"#,
+    ];
+    for case in cases {
+        assert!(decode_agent(case).is_err(), "{case}");
+    }
+    assert!(matches!(
+        decode_agent(r#"{"v":2,"type":"hello"}"#),
+        Err(ProtoError::UnsupportedVersion { found: 2, .. })
+    ));
+}
+
+#[test]
+fn telemetry_with_bad_numbers_or_unordered_seqs_is_refused() {
+    let good = fixture("agent_telemetry.json");
+    assert!(decode_agent(&good).is_ok());
+    let nan_like = good.replace("61.5", "-61.5");
+    assert!(decode_agent(&nan_like).is_err());
+    let mut v: Value = serde_json::from_str(&good).unwrap();
+    let sample = v["samples"][0].clone();
+    v["samples"] = Value::Array(vec![sample.clone(), sample]);
+    assert!(
+        decode_agent(&v.to_string()).is_err(),
+        "repeated seq in one batch"
+    );
+}
+
+#[test]
+fn negotiation_picks_the_highest_common_version() {
+    assert_eq!(rigfleet_proto::negotiate(1, 1), Some(1));
+    assert_eq!(rigfleet_proto::negotiate(1, 5), Some(1));
+    assert_eq!(rigfleet_proto::negotiate(2, 3), None);
+}
