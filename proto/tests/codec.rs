@@ -135,3 +135,25 @@ fn negotiation_picks_the_highest_common_version() {
     assert_eq!(rigfleet_proto::negotiate(1, 5), Some(1));
     assert_eq!(rigfleet_proto::negotiate(2, 3), None);
 }
+
+/// Replays the fuzz corpus (`fuzz/corpus/decode_frames`) on stable Rust: every input must give a
+/// value or an error, never a panic, and anything that decodes must re-encode and decode again.
+#[test]
+fn fuzz_corpus_replays_without_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode_frames");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        count += 1;
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        if let Ok(msg) = decode_agent(text) {
+            assert_eq!(decode_agent(&encode_agent(&msg).unwrap()).unwrap(), msg);
+        }
+        if let Ok(msg) = decode_server(text) {
+            assert_eq!(decode_server(&encode_server(&msg).unwrap()).unwrap(), msg);
+        }
+    }
+    assert!(count >= 12, "corpus present");
+}

@@ -262,4 +262,25 @@ mod tests {
             }
         );
     }
+
+    /// Replays the shared fuzz corpus (`fuzz/corpus/decode_frames`): parsing any of it as a
+    /// Stratum line must give a value or an error, never a panic.
+    #[test]
+    fn fuzz_corpus_replays_without_panics() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode_frames");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            count += 1;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            if let Ok(Frame::Request { method, params, .. }) = Frame::parse(text) {
+                let _ = ClientRequest::parse(&method, &params);
+                let _ = ServerMessage::parse(&method, &params);
+            }
+        }
+        assert!(count > 0);
+    }
 }
