@@ -34,7 +34,7 @@ pub fn kernels() -> Vec<&'static dyn Kernel> {
     #[allow(unused_mut)]
     let mut list: Vec<&'static dyn Kernel> = vec![&portable::PORTABLE];
     #[cfg(target_arch = "x86_64")]
-    for kernel in [&x86::SSE2, &x86::AVX2, &x86::AVX512, &x86::AVX512_G1, &x86::AVX512_G3, &x86::AVX2_G1, &x86::AVX2_G4, &x86::YVL_G2, &x86::YVL_G4] {
+    for kernel in [&x86::SSE2, &x86::AVX2, &x86::AVX512] {
         if kernel.supported() {
             list.push(kernel);
         }

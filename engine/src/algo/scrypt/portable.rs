@@ -127,16 +127,18 @@ pub fn scrypt(password: &[u8], salt: &[u8], n: u64, r: u32, p: u32, out: &mut [u
 pub fn block_mix_general(b: &mut [u32], y: &mut [u32]) {
     let blocks = b.len() / 16;
     debug_assert!(blocks % 2 == 0 && b.len() == y.len());
-    let mut x: [u32; 16] = b[b.len() - 16..]
-        .try_into()
-        .expect("BUG: 16-word block");
+    let mut x: [u32; 16] = b[b.len() - 16..].try_into().expect("BUG: 16-word block");
     for i in 0..blocks {
         for (xi, bi) in x.iter_mut().zip(&b[16 * i..16 * i + 16]) {
             *xi ^= bi;
         }
         salsa20_8(&mut x);
         // B' = (Y_0, Y_2, ..., Y_{2r-2}, Y_1, Y_3, ..., Y_{2r-1}).
-        let slot = if i % 2 == 0 { i / 2 } else { blocks / 2 + i / 2 };
+        let slot = if i % 2 == 0 {
+            i / 2
+        } else {
+            blocks / 2 + i / 2
+        };
         y[16 * slot..16 * slot + 16].copy_from_slice(&x);
     }
     b.copy_from_slice(y);
