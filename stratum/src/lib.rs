@@ -11,11 +11,15 @@ pub mod codec;
 pub mod error;
 pub mod failover;
 pub mod job;
+pub mod job_book;
 pub mod message;
 pub mod pool;
 pub mod session;
 pub mod shares;
 pub mod transport;
+
+#[cfg(test)]
+mod test_utils;
 
 pub use error::MessageError;
 pub use job::JobTemplate;
