@@ -112,6 +112,8 @@ struct Dispatch {
     next_offset: u64,
     version_step: u64,
     slice: u64,
+    /// Nonces of each header version used before the next version is rolled (≤ 2^32).
+    nonce_span: u64,
     generation: u64,
     /// Every header handed out recently, for rechecking nonces: id → (generation, work).
     issued: HashMap<WorkId, (u64, Arc<Work>)>,
@@ -127,9 +129,16 @@ impl Dispatch {
             }
             let base = self.base.as_ref().expect("BUG: base set above");
             let range = base.nonce_range;
-            if self.next_offset < range.len() {
+            // Rolling versions before the nonce space is spent only makes sense when there are
+            // versions to roll.
+            let span = if base.version_mask == 0 {
+                range.len()
+            } else {
+                range.len().min(self.nonce_span)
+            };
+            if self.next_offset < span {
                 let first = u64::from(range.first) + self.next_offset;
-                let count = self.slice.min(range.len() - self.next_offset);
+                let count = self.slice.min(span - self.next_offset);
                 self.next_offset += count;
                 let sub = NonceRange::new(first as u32, (first + count - 1) as u32);
                 let rolled = base.version() ^ deposit_bits(self.version_step, base.version_mask);
@@ -226,6 +235,7 @@ impl Miner {
                 next_offset: 0,
                 version_step: 0,
                 slice,
+                nonce_span: NonceRange::FULL.len(),
                 generation: 0,
                 issued: HashMap::new(),
             }),
@@ -260,6 +270,16 @@ impl Miner {
         for slot in devices.iter_mut() {
             self.inner.feed(slot, &mut dispatch);
         }
+    }
+
+    /// Uses at most `span` nonces of each header version before rolling the next combination of
+    /// version bits (when the work allows rolling). The default spends the whole 2^32 nonce
+    /// space first; a smaller span spreads work over versions sooner, which chips with
+    /// per-version midstates prefer and which tests use to see rolled versions within seconds.
+    /// Takes effect from the next header.
+    pub fn set_nonce_span(&self, span: u64) {
+        let mut dispatch = self.inner.dispatch();
+        dispatch.nonce_span = span.clamp(1, NonceRange::FULL.len());
     }
 
     /// Stops every device until the next [`Miner::set_source`].

@@ -228,3 +228,24 @@ fn device_rejects_work_for_another_algorithm() {
     let work = block_work(&SHA256D_BLOCKS[0], NonceRange::FULL);
     assert!(device.start(work).is_err());
 }
+
+#[test]
+fn miner_with_a_short_nonce_span_rolls_versions_before_the_nonce_space_is_spent() {
+    let block = BITCOIN_881423;
+    let flipped = 0x0000_6000;
+    // A range that runs to the end of the nonce space: without the span the miner would spend
+    // 2^32 nonces on the wrong version first.
+    let mut template = block_work(&block, NonceRange::new(block.nonce - 1000, u32::MAX));
+    template = template.with_version(block.version ^ flipped);
+    template.version_mask = flipped;
+    let (miner, shares) = miner_with_cpu(2);
+    miner.set_nonce_span(5000);
+    let mut once = Some(template);
+    miner.set_source(Box::new(move || once.take()));
+    let share = shares
+        .recv_timeout(WAIT)
+        .expect("share on the fourth version");
+    assert_eq!(share.version, block.version);
+    assert_eq!(share.nonce, block.nonce);
+    assert_eq!(hex::encode_reversed(&share.hash), block.hash);
+}

@@ -1,2 +1,20 @@
-//! Harness for rigfleet's end-to-end tests (servers, agents and pools over real sockets). The
-//! tests themselves live in `tests/tests/`, one integration binary.
+//! Harness for rigfleet's end-to-end tests: pieces started for real on 127.0.0.1 ports chosen
+//! at run time, and waiting helpers. The tests live in `tests/e2e/`, one integration binary.
+
+pub mod rig;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
