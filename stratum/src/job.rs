@@ -259,6 +259,106 @@ mod tests {
         assert_eq!(work.header_with_nonce(nonce), BITCOIN_881423.header());
     }
 
+    /// A real job from slush pool (May 2023, height 791433 in its BIP 34 push `0389130c`), from
+    /// the ESP-Miner (Bitaxe) firmware's test suite, `components/stratum/test/test_mining.c`,
+    /// "Test nonce diff checking 2": the coinbase with its extranonces filled in, 13 merkle branch
+    /// hashes, the published merkle root 5bdc1968…, and nonce 0x0a029ed1 whose share difficulty
+    /// the test pins at 683. The test does not record where the pool split the coinbase, so the
+    /// split below (coinb1 | 4-byte extranonce1 | 8-byte extranonce2 | coinb2) is ours; any split
+    /// concatenates to the same transaction.
+    #[test]
+    fn real_slush_pool_job_gives_the_published_merkle_root_and_share_difficulty() {
+        let tx = hex::decode(concat!(
+            "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff4b03",
+            "89130cfabe6d6d5cbab26a2599e92916edec5657a94a0708ddb970f5c45b5d12905085617eff8e0100000000",
+            "00000031650707758de07b010000000000001cfd7038212f736c7573682f000000000379ad0c2a0000000019",
+            "76a9147c154ed1dc59609e3d26abb2df2ea3d587cd8c4188ac00000000000000002c6a4c2952534b424c4f43",
+            "4b3ae725d3994b811572c1f345deb98b56b465ef8e153ecbbd27fa37bf1b005161380000000000000000266a",
+            "24aa21a9ed63b06a7946b190a3fda1d76165b25c9b883bcc6621b040773050ee2a1bb18f1800000000"
+        ))
+        .unwrap();
+        let branch = [
+            "2b77d9e413e8121cd7a17ff46029591051d0922bd90b2b2a38811af1cb57a2b2",
+            "5c8874cef00f3a233939516950e160949ef327891c9090467cead995441d22c5",
+            "2d91ff8e19ac5fa69a40081f26c5852d366d608b04d2efe0d5b65d111d0d8074",
+            "0ae96f609ad2264112a0b2dfb65624bedbcea3b036a59c0173394bba3a74e887",
+            "e62172e63973d69574a82828aeb5711fc5ff97946db10fc7ec32830b24df7bde",
+            "adb49456453aab49549a9eb46bb26787fb538e0a5f656992275194c04651ec97",
+            "a7bc56d04d2672a8683892d6c8d376c73d250a4871fdf6f57019bcc737d6d2c2",
+            "d94eceb8182b4f418cd071e93ec2a8993a0898d4c93bc33d9302f60dbbd0ed10",
+            "5ad7788b8c66f8f50d332b88a80077ce10e54281ca472b4ed9bbbbcb6cf99083",
+            "9f9d784b33df1b3ed3edb4211afc0dc1909af9758c6f8267e469f5148ed04809",
+            "48fd17affa76b23e6fb2257df30374da839d6cb264656a82e34b350722b05123",
+            "c4f5ab01913fc186d550c1a28f3f3e9ffaca2016b961a6a751f8cca0089df924",
+            "cff737e1d00176dd6bbfa73071adbb370f227cfb5fba186562e4060fcec877e1",
+        ];
+        let notify = Notify::parse(&json!([
+            "slush-791433",
+            "0c859545a3498373a57452fac22eb7113df2a465000543520000000000000000",
+            hex::encode(&tx[..60]),
+            hex::encode(&tx[72..]),
+            branch,
+            "20000004",
+            "1705ae3a",
+            "647025b5",
+            true
+        ]))
+        .unwrap();
+        let (en1, en2) = (&tx[60..64], &tx[64..72]);
+        assert_eq!(coinbase(&notify, en1, en2), tx);
+        let root = merkle_root(&tx, &notify.merkle_branch);
+        assert_eq!(
+            hex::encode(&root),
+            "5bdc1968499c3393873edf8e07a1c3a50a97fc3a9d1a376bbf77087dd63778eb"
+        );
+        let h = header(&notify, &root, notify.version, notify.ntime, 0x0a02_9ed1);
+        let difficulty = Target::hash_difficulty(Algorithm::Sha256d, &sha256d(&h));
+        assert_eq!(difficulty.floor(), 683.0, "{difficulty}");
+    }
+
+    /// The `mining.notify` example of the Stratum V1 documentation (slush pool's "Stratum mining
+    /// protocol" page) with extranonce1 e9695791 and extranonce2 99999999, as ESP-Miner's
+    /// `test_mining.c` ("Check coinbase tx construction", "Validate merkle root calculation")
+    /// fills it in, with that test's 12 branch hashes and its published root adbcbc21….
+    #[test]
+    fn documented_notify_builds_the_coinbase_and_root_esp_miner_publishes() {
+        let params = crate::message::server_to_client::tests::slush_doc_notify();
+        let mut notify = Notify::parse(&params).unwrap();
+        let en1 = hex::decode("e9695791").unwrap();
+        let en2 = hex::decode("99999999").unwrap();
+        let tx = coinbase(&notify, &en1, &en2);
+        assert_eq!(
+            hex::encode(&tx),
+            concat!(
+                "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff",
+                "20020862062f503253482f04b8864e5008e969579199999999072f736c7573682f000000000100f2052a",
+                "010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000"
+            )
+        );
+        notify.merkle_branch = [
+            "ae23055e00f0f697cc3640124812d96d4fe8bdfa03484c1c638ce5a1c0e9aa81",
+            "980fb87cb61021dd7afd314fcb0dabd096f3d56a7377f6f320684652e7410a21",
+            "a52e9868343c55ce405be8971ff340f562ae9ab6353f07140d01666180e19b52",
+            "7435bdfa004e603953b2ed39f118803934d9cf17b06d979ceb682f2251bafac2",
+            "2a91f061a22d27cb8f44eea79938fb241ebeb359891aa907f05ffde7ed44e52e",
+            "302401f80eb5e958155135e25200bb8ea181ad2d05e804a531c7314d86403cdc",
+            "318ecb6161eb9b4cfd802bd730e2d36c167ddf102e70aa7b4158e2870dd47392",
+            "1114332a9858e0cf84b2425bb1e59eaabf91dd102d114aa443d57fc1b3beb0c9",
+            "f43f38095c810613ed795a44d9fab02ff25269706f454885db9be05cdf9c06e1",
+            "3e2fc26b27fddc39668b59099cd9635761bb72ed92404204e12bdff08b16fb75",
+            "463c19427286342120039a83218fa87ce45448e246895abac11fff0036076758",
+            "03d287f655813e540ddb9c4e7aeb922478662b0f5d8e9d0cbd564b20146bab76",
+        ]
+        .iter()
+        .map(|h| hex::decode_array::<32>(h).unwrap())
+        .collect();
+        let root = merkle_root(&tx, &notify.merkle_branch);
+        assert_eq!(
+            hex::encode(&root),
+            "adbcbc21e20388422198a55957aedfa0e61be0b8f2b87d7c08510bb9f099a893"
+        );
+    }
+
     #[test]
     fn prevhash_word_swap_is_an_involution() {
         let sent = hex::decode_array::<32>(

@@ -355,7 +355,7 @@ impl ConfigureResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The `mining.notify` example of the Stratum V1 documentation (slush pool's
