@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{hex_param, params_array, str_param, u32_hex_param};
+use super::{difficulty_param, hex_param, params_array, str_param, u32_hex_param};
 use crate::error::MessageError;
 
 /// BIP 310 version-rolling negotiation parameters.
@@ -170,18 +170,10 @@ impl ClientRequest {
                 Ok(ClientRequest::Configure { version_rolling })
             }
             "mining.extranonce.subscribe" => Ok(ClientRequest::ExtranonceSubscribe),
-            "mining.suggest_difficulty" => {
-                let m = "mining.suggest_difficulty";
-                let p = params_array(params, m)?;
-                let d = p
-                    .first()
-                    .and_then(Value::as_f64)
-                    .filter(|d| d.is_finite() && *d > 0.0)
-                    .ok_or_else(|| {
-                        MessageError::params(m, "difficulty must be a positive number")
-                    })?;
-                Ok(ClientRequest::SuggestDifficulty(d))
-            }
+            "mining.suggest_difficulty" => Ok(ClientRequest::SuggestDifficulty(difficulty_param(
+                params,
+                "mining.suggest_difficulty",
+            )?)),
             "mining.submit" => {
                 let m = "mining.submit";
                 let p = params_array(params, m)?;

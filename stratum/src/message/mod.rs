@@ -191,6 +191,15 @@ pub(crate) fn u32_hex_param(
         .map_err(|_| MessageError::params(method, format!("{what} is not hex")))
 }
 
+/// The first param as a finite, positive difficulty.
+pub(crate) fn difficulty_param(params: &Value, method: &'static str) -> Result<f64, MessageError> {
+    params_array(params, method)?
+        .first()
+        .and_then(Value::as_f64)
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .ok_or_else(|| MessageError::params(method, "difficulty must be a positive number"))
+}
+
 /// The params as an array (a missing or null params is an empty array).
 pub(crate) fn params_array<'a>(
     params: &'a Value,

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{hex_param, params_array, str_param, u32_hex_param};
+use super::{difficulty_param, hex_param, params_array, str_param, u32_hex_param};
 use crate::error::MessageError;
 use rigfleet_engine::hex;
 
@@ -139,18 +139,10 @@ impl ServerMessage {
     pub fn parse(method: &str, params: &Value) -> Result<Self, MessageError> {
         match method {
             "mining.notify" => Ok(ServerMessage::Notify(Notify::parse(params)?)),
-            "mining.set_difficulty" => {
-                let m = "mining.set_difficulty";
-                let p = params_array(params, m)?;
-                let d = p
-                    .first()
-                    .and_then(Value::as_f64)
-                    .filter(|d| d.is_finite() && *d > 0.0)
-                    .ok_or_else(|| {
-                        MessageError::params(m, "difficulty must be a positive number")
-                    })?;
-                Ok(ServerMessage::SetDifficulty(d))
-            }
+            "mining.set_difficulty" => Ok(ServerMessage::SetDifficulty(difficulty_param(
+                params,
+                "mining.set_difficulty",
+            )?)),
             "mining.set_extranonce" => {
                 let m = "mining.set_extranonce";
                 let p = params_array(params, m)?;

@@ -135,28 +135,29 @@ async fn clean_jobs_move_the_miner_to_each_new_block() {
     pool.shutdown().await;
 }
 
-/// A slow device keeps hashing the replaced job for a second after each new block: its shares
-/// are stale. The client counts them as stale (not rejected) and does not submit them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shares_of_replaced_jobs_are_counted_stale_and_not_submitted() {
+/// A rig whose devices switch to a new job 1.5 s late (a slow device), mining until the pool
+/// accepted a share; then a new block, so shares of the replaced job are found.
+async fn slow_rig_across_a_new_block(submit_stale: bool) -> (PoolHandle, TestRig) {
     let pool = start_pool(Algorithm::Sha256d).await;
     let options = RigOptions {
         switch_delay: Some(Duration::from_millis(1500)),
         ..RigOptions::default()
     };
-    let rig = TestRig::start(
-        client_config(&pool, Algorithm::Sha256d, false),
-        Algorithm::Sha256d,
-        options,
-    )
-    .unwrap();
-    assert!(
-        wait_for(WAIT, || (pool.stats().worker(WORKER).accepted >= 1)
-            .then_some(()))
-        .await
-        .is_some()
-    );
+    let config = client_config(&pool, Algorithm::Sha256d, submit_stale);
+    let rig = TestRig::start(config, Algorithm::Sha256d, options).unwrap();
+    let first = wait_for(WAIT, || {
+        (pool.stats().worker(WORKER).accepted >= 1).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "no share before the new block");
     pool.new_block();
+    (pool, rig)
+}
+
+/// Shares of the replaced job are counted stale (not rejected) and not submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_of_replaced_jobs_are_counted_stale_and_not_submitted() {
+    let (pool, rig) = slow_rig_across_a_new_block(false).await;
     let stale = wait_for(WAIT, || {
         let s = rig.client.snapshot().pools[0].shares.stale;
         (s >= 1).then_some(s)
@@ -182,24 +183,7 @@ async fn shares_of_replaced_jobs_are_counted_stale_and_not_submitted() {
 /// as errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_shares_the_pool_refuses_with_21_count_as_stale() {
-    let pool = start_pool(Algorithm::Sha256d).await;
-    let options = RigOptions {
-        switch_delay: Some(Duration::from_millis(1500)),
-        ..RigOptions::default()
-    };
-    let rig = TestRig::start(
-        client_config(&pool, Algorithm::Sha256d, true),
-        Algorithm::Sha256d,
-        options,
-    )
-    .unwrap();
-    assert!(
-        wait_for(WAIT, || (pool.stats().worker(WORKER).accepted >= 1)
-            .then_some(()))
-        .await
-        .is_some()
-    );
-    pool.new_block();
+    let (pool, rig) = slow_rig_across_a_new_block(true).await;
     let stale = wait_for(WAIT, || {
         let w = pool.stats().worker(WORKER);
         (w.stale >= 1).then_some(w.stale)
