@@ -16,7 +16,7 @@ impl std::error::Error for HexError {}
 /// Decodes a hex string of any even length.
 pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(HexError);
     }
     s.as_bytes()

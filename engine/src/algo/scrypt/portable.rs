@@ -126,7 +126,7 @@ pub fn scrypt(password: &[u8], salt: &[u8], n: u64, r: u32, p: u32, out: &mut [u
 /// `y` is scratch of the same size.
 pub fn block_mix_general(b: &mut [u32], y: &mut [u32]) {
     let blocks = b.len() / 16;
-    debug_assert!(blocks % 2 == 0 && b.len() == y.len());
+    debug_assert!(blocks.is_multiple_of(2) && b.len() == y.len());
     let mut x: [u32; 16] = b[b.len() - 16..].try_into().expect("BUG: 16-word block");
     for i in 0..blocks {
         for (xi, bi) in x.iter_mut().zip(&b[16 * i..16 * i + 16]) {

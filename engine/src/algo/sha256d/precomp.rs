@@ -1,8 +1,9 @@
-//! Per-header values shared by the x86 SHA-256d kernels.
+//! Per-header values and batch bookkeeping shared by the x86 SHA-256d kernels.
 //!
 //! The SIMD kernels all hash the same two blocks and differ only in how they spread nonces over
 //! lanes, so what can be computed once per header (instead of once per nonce) lives here, in
-//! plain scalar code that the tests can check against the portable kernel:
+//! plain scalar code that the tests can check against a plain compression, together with
+//! [`LaneHits`], which walks a range in whole vectors and keeps the hits in order:
 //!
 //! - the first hash starts from the midstate, and rounds 0..=2 of its second block use only the
 //!   tail words, so they are run once;
@@ -14,6 +15,7 @@
 
 use super::Prepared;
 use crate::algo::sha256::{IV, K};
+use crate::algo::NonceRange;
 
 /// Padding word after the 80-byte header: the `1` bit that starts SHA-256 padding (FIPS 180-4
 /// §5.1.1), first message word after the nonce.
@@ -133,25 +135,64 @@ impl Precomputed {
     }
 }
 
-/// Iterates the lanes set in `mask` from the lowest, pushing `base + lane`: lane order is nonce
-/// order, so `found` stays ascending.
-#[inline]
-pub(super) fn push_lanes(mut mask: u32, base: u32, found: &mut Vec<u32>) {
-    while mask != 0 {
-        found.push(base.wrapping_add(mask.trailing_zeros()));
-        mask &= mask - 1;
-    }
+/// Walks a nonce range in batches of `lanes` consecutive nonces (a SIMD kernel's width) and turns
+/// each batch's hit mask into nonces. The last batch may run past the end of the range, even past
+/// 0xFFFFFFFF (its nonces then wrap to small values); the lanes outside the range are dropped.
+pub(super) struct LaneHits {
+    first: u32,
+    /// Nonces in the range (up to 2^32).
+    count: u64,
+    /// Offset of the next batch from `first`.
+    next: u64,
+    /// Offset of the current batch.
+    current: u64,
+    lanes: u64,
 }
 
-/// Bit mask of the lanes of a `lanes`-wide batch at `offset` that lie inside a range of `count`
-/// nonces: a short last batch computes whole vectors and drops the lanes past the end.
-#[inline]
-pub(super) fn valid_lanes(count: u64, offset: u64, lanes: u32) -> u32 {
-    let left = count - offset;
-    if left >= u64::from(lanes) {
-        u32::MAX >> (32 - lanes)
-    } else {
-        (1u32 << left) - 1
+impl LaneHits {
+    /// Batches of `lanes` (1..=64) nonces over `range`.
+    pub(super) fn new(range: NonceRange, lanes: usize) -> Self {
+        debug_assert!((1..=64).contains(&lanes));
+        Self {
+            first: range.first,
+            count: range.len(),
+            next: 0,
+            current: 0,
+            lanes: lanes as u64,
+        }
+    }
+
+    /// The first nonce of the next batch, or `None` when the range is done.
+    #[inline]
+    pub(super) fn next_batch(&mut self) -> Option<u32> {
+        if self.next >= self.count {
+            return None;
+        }
+        self.current = self.next;
+        self.next += self.lanes;
+        // The offset is below the range's length, so `first + offset` is at most `last`: the cast
+        // and the add are exact (only the kernels' lanes past the end wrap).
+        Some(self.first.wrapping_add(self.current as u32))
+    }
+
+    /// Appends the nonces of the current batch whose bit is set in `mask` (bit `i` is the
+    /// batch's first nonce plus `i`) and that lie in the range, in ascending order.
+    #[inline]
+    pub(super) fn report(&self, mask: u64, found: &mut Vec<u32>) {
+        if mask == 0 {
+            return;
+        }
+        let left = self.count - self.current;
+        let mut mask = if left < 64 {
+            mask & ((1u64 << left) - 1)
+        } else {
+            mask
+        };
+        let base = self.first.wrapping_add(self.current as u32);
+        while mask != 0 {
+            found.push(base.wrapping_add(mask.trailing_zeros()));
+            mask &= mask - 1;
+        }
     }
 }
 
@@ -226,13 +267,26 @@ mod tests {
     }
 
     #[test]
-    fn lane_masks_cover_short_and_full_batches() {
-        assert_eq!(valid_lanes(100, 96, 16), 0b1111);
-        assert_eq!(valid_lanes(100, 80, 16), 0xFFFF);
-        assert_eq!(valid_lanes(1 << 32, 0, 8), 0xFF);
-        assert_eq!(valid_lanes(3, 0, 4), 0b111);
+    fn lane_hits_drop_lanes_past_the_end_of_the_range() {
+        // Ten nonces ending at 0xFFFFFFFF in batches of four: the last batch wraps.
+        let mut hits = LaneHits::new(NonceRange::new(u32::MAX - 9, u32::MAX), 4);
         let mut found = Vec::new();
-        push_lanes(0b1010_0001, u32::MAX - 7, &mut found);
-        assert_eq!(found, vec![u32::MAX - 7, u32::MAX - 2, u32::MAX]);
+        let mut bases = Vec::new();
+        while let Some(base) = hits.next_batch() {
+            bases.push(base);
+            hits.report(0b1111, &mut found);
+        }
+        assert_eq!(bases, vec![u32::MAX - 9, u32::MAX - 5, u32::MAX - 1]);
+        let expect: Vec<u32> = (u32::MAX - 9..=u32::MAX).collect();
+        assert_eq!(found, expect);
+        // A single nonce, and a mask with only lanes outside the range.
+        let mut hits = LaneHits::new(NonceRange::new(7, 7), 16);
+        let mut found = Vec::new();
+        assert_eq!(hits.next_batch(), Some(7));
+        hits.report(0b1110, &mut found);
+        assert!(found.is_empty());
+        hits.report(0b1, &mut found);
+        assert_eq!(found, vec![7]);
+        assert_eq!(hits.next_batch(), None);
     }
 }
