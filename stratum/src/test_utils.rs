@@ -15,17 +15,10 @@ const WAIT: Duration = Duration::from_secs(3600);
 /// The params of a `mining.notify` (the Stratum V1 documentation's example job) with another
 /// job id and `clean_jobs`.
 pub(crate) fn notify_params(job_id: &str, clean: bool) -> Value {
-    json!([
-        job_id,
-        "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000",
-        "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff20020862062f503253482f04b8864e5008",
-        "072f736c7573682f000000000100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000",
-        [],
-        "00000002",
-        "1c2ac4af",
-        "504e86b9",
-        clean
-    ])
+    let mut params = crate::message::server_to_client::tests::slush_doc_notify();
+    params[0] = json!(job_id);
+    params[8] = json!(clean);
+    params
 }
 
 /// The pool end of a pipe, driven line by line by the test.
