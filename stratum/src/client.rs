@@ -48,11 +48,11 @@ pub use config::{
     ClientConfig, ClientError, PoolConfig, PoolOptions, Timeouts, DEFAULT_FIRST_JOB_TIMEOUT,
     DEFAULT_NO_JOB_TIMEOUT,
 };
-use status::Shared;
 pub use status::{
     ClientEvent, ClientHandle, ClientSnapshot, FailReason, PoolRef, PoolSnapshot, PoolState,
     SwitchReason,
 };
+use status::{PoolStatus, Shared};
 
 use crate::failover::{Backoff, Failover, Jitter, MIN_HEALTHY};
 use crate::job_book::{JobBook, JobSource};
@@ -804,13 +804,8 @@ impl Runner {
         tracing::warn!(pool = %pool_ref, %reason, retry_in_ms = retry_in.as_millis() as u64, "Pool connection failed");
         {
             let mut status = self.shared.status();
-            let s = &mut status.pools[pool];
-            s.state = PoolState::Backoff;
-            s.probing = false;
-            s.failures = self.failover.failures(pool);
-            s.retry_at = Some(now + retry_in);
-            s.last_error = Some(reason.to_string());
-            s.last_job_at = None;
+            self.mark_backoff(&mut status.pools[pool], pool, now + retry_in, &reason);
+            status.pools[pool].last_job_at = None;
             status.current = None;
         }
         self.shared.emit(ClientEvent::PoolFailed {
@@ -824,6 +819,21 @@ impl Runner {
         self.idle_sink(&reason.to_string());
     }
 
+    /// Shows a pool as waiting out its backoff after a failure.
+    fn mark_backoff(
+        &self,
+        s: &mut PoolStatus,
+        pool: usize,
+        retry_at: Instant,
+        reason: &FailReason,
+    ) {
+        s.state = PoolState::Backoff;
+        s.probing = false;
+        s.failures = self.failover.failures(pool);
+        s.retry_at = Some(retry_at);
+        s.last_error = Some(reason.to_string());
+    }
+
     fn fail_probe(&mut self, reason: FailReason) {
         let Some(link) = self.probe.take() else {
             return;
@@ -835,12 +845,7 @@ impl Runner {
         tracing::info!(pool = %self.pools[pool].config.url, %reason, retry_in_ms = retry_in.as_millis() as u64, "Probe of a higher-priority pool failed");
         {
             let mut status = self.shared.status();
-            let s = &mut status.pools[pool];
-            s.state = PoolState::Backoff;
-            s.probing = false;
-            s.failures = self.failover.failures(pool);
-            s.retry_at = Some(now + retry_in);
-            s.last_error = Some(reason.to_string());
+            self.mark_backoff(&mut status.pools[pool], pool, now + retry_in, &reason);
         }
         self.shared.emit(ClientEvent::PoolFailed {
             pool: self.pool_ref(pool),
