@@ -2,6 +2,8 @@
 //! standalone miner and the test pool join it in their own issues.
 
 mod bench;
+#[allow(dead_code)]
+mod daemon;
 mod mine;
 mod pool;
 
