@@ -3,5 +3,7 @@
 //! on-disk telemetry queue. The daemon wiring (link, apply, telemetry loop) uses them.
 
 pub mod config;
+pub mod desired;
 pub mod identity;
+pub mod mining;
 pub mod queue;
