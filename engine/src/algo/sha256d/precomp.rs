@@ -101,22 +101,7 @@ impl Precomputed {
         let [t0, t1, t2] = prepared.tail;
         let mut s = prepared.midstate;
         for (i, w) in [t0, t1, t2, 0].into_iter().enumerate() {
-            let temp1 = s[7]
-                .wrapping_add(big_sigma1(s[4]))
-                .wrapping_add(ch(s[4], s[5], s[6]))
-                .wrapping_add(K[i])
-                .wrapping_add(w);
-            let temp2 = big_sigma0(s[0]).wrapping_add(maj(s[0], s[1], s[2]));
-            s = [
-                temp1.wrapping_add(temp2),
-                s[0],
-                s[1],
-                s[2],
-                s[3].wrapping_add(temp1),
-                s[4],
-                s[5],
-                s[6],
-            ];
+            s = scalar_round(s, K[i].wrapping_add(w));
         }
         // W9..W14 are zero and W15 is the length, so the general σ1(W[i-2]) + W[i-7] +
         // σ0(W[i-15]) + W[i-16] loses most terms for these words.
@@ -196,6 +181,25 @@ impl LaneHits {
     }
 }
 
+/// One scalar SHA-256 round on the state `s` with `kw` = `K[i] + W[i]`.
+fn scalar_round(s: [u32; 8], kw: u32) -> [u32; 8] {
+    let temp1 = s[7]
+        .wrapping_add(big_sigma1(s[4]))
+        .wrapping_add(ch(s[4], s[5], s[6]))
+        .wrapping_add(kw);
+    let temp2 = big_sigma0(s[0]).wrapping_add(maj(s[0], s[1], s[2]));
+    [
+        temp1.wrapping_add(temp2),
+        s[0],
+        s[1],
+        s[2],
+        s[3].wrapping_add(temp1),
+        s[4],
+        s[5],
+        s[6],
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,22 +232,7 @@ mod tests {
             // Four rounds by hand from the midstate, with the nonce word in round 3.
             let mut s = prepared.midstate;
             for (i, &wi) in w.iter().enumerate().take(4) {
-                let temp1 = s[7]
-                    .wrapping_add(big_sigma1(s[4]))
-                    .wrapping_add(ch(s[4], s[5], s[6]))
-                    .wrapping_add(K[i])
-                    .wrapping_add(wi);
-                let temp2 = big_sigma0(s[0]).wrapping_add(maj(s[0], s[1], s[2]));
-                s = [
-                    temp1.wrapping_add(temp2),
-                    s[0],
-                    s[1],
-                    s[2],
-                    s[3].wrapping_add(temp1),
-                    s[4],
-                    s[5],
-                    s[6],
-                ];
+                s = scalar_round(s, K[i].wrapping_add(wi));
             }
             let mut expect = pre.state4;
             expect[0] = expect[0].wrapping_add(w3);
