@@ -1,7 +1,8 @@
-//! `rigfleet-agent`: the rig daemon. So far it carries the engine benchmark; the daemon, the
-//! standalone miner and the test pool join it in their own issues.
+//! `rigfleet-agent`: the rig daemon (`run`), the engine benchmark (`bench`), the standalone
+//! miner (`mine`) and the test pool (`pool`).
 
 mod bench;
+// The daemon's building blocks run ahead of their wiring (server link, telemetry, queue).
 #[allow(dead_code)]
 mod daemon;
 mod mine;
@@ -27,6 +28,8 @@ enum Command {
     Mine(mine::MineArgs),
     /// Run a small validating Stratum pool (for tests and the demo).
     Pool(pool::PoolArgs),
+    /// Run the rig daemon.
+    Run(daemon::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Mine(args) => mine::run(args),
         Command::Pool(args) => pool::run(args),
+        Command::Run(args) => daemon::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,8 +141,8 @@ pub fn run(args: MineArgs) -> Result<()> {
     runtime.block_on(mine(plan))
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` overrides the default `info`. Shared with `run`.
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Already set (by a caller embedding us) is fine.
@@ -212,8 +212,8 @@ async fn mine(plan: Plan) -> Result<()> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM from systemd or `kill`.
-async fn shutdown_signal() {
+/// Ctrl-C, or SIGTERM from systemd or `kill`. Shared with `run`.
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     let terminate = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -300,7 +300,8 @@ fn status_line(miner: &Miner, handle: &ClientHandle) -> String {
     )
 }
 
-fn format_rate(hps: f64) -> String {
+/// A hash rate with a readable unit (`12.35 MH/s`). Shared with `run`.
+pub(crate) fn format_rate(hps: f64) -> String {
     const UNITS: [&str; 6] = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s", "PH/s"];
     let mut value = hps.max(0.0);
     let mut unit = 0;

@@ -1,5 +1,5 @@
-//! The agent binary as a user runs it: `pool` and `mine` as separate processes on 127.0.0.1,
-//! stopped with SIGTERM, and bad arguments.
+//! The agent binary as a user runs it: `pool`, `mine` and `run` as separate processes on
+//! 127.0.0.1, stopped with SIGTERM, and bad arguments or config files.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -177,4 +177,124 @@ fn bad_arguments_fail_with_a_clear_message() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// A port free a moment ago on 127.0.0.1 (bound, read, released); a rare race with another
+/// process taking it in between only fails the test, never hides a bug.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One JSON `summary` request to the cgminer-format API; `None` while it is not answering.
+fn api_summary(port: u16) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(br#"{"command":"summary"}"#).ok()?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).ok()?;
+    // cgminer ends every reply with a NUL byte.
+    while reply.last() == Some(&0) {
+        reply.pop();
+    }
+    serde_json::from_slice(&reply).ok()
+}
+
+#[test]
+fn run_mines_on_the_saved_desired_config_serves_the_api_and_stops_on_sigterm() {
+    let mut pool = Proc::spawn(&[
+        "pool",
+        "--listen",
+        "127.0.0.1:0",
+        "--algo",
+        "sha256d",
+        "--job-interval-secs",
+        "0",
+    ]);
+    let banner = pool
+        .wait_line(Duration::from_secs(30), |l| l.contains("stratum+tcp://"))
+        .expect("pool prints its URL");
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("stratum+tcp://"))
+        .expect("URL in the banner")
+        .to_string();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    // What the server's set_config left behind: one CPU thread on the test pool.
+    let desired = serde_json::json!({
+        "version": 7,
+        "algorithm": "sha256d",
+        "pools": [{ "url": url, "user": "wallet.run", "password": "x" }],
+        "devices": [{ "device_id": "cpu", "threads": 1 }],
+    });
+    std::fs::write(
+        state.join("desired_config.json"),
+        serde_json::to_vec(&desired).expect("json"),
+    )
+    .expect("write desired config");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[safety]\nmax_cpu_threads = 1\n").expect("write config");
+
+    let port = free_port();
+    let mut agent = Proc::spawn(&[
+        "run",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+        "--api-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    let accepted = loop {
+        if let Some(reply) = api_summary(port) {
+            let accepted = reply["SUMMARY"][0]["Accepted"].as_u64().unwrap_or(0);
+            if accepted >= 2 {
+                break accepted;
+            }
+            last = Some(reply);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 2 accepted shares through the API; last summary: {last:?}"
+        );
+        if let Ok(Some(status)) = agent.child.try_wait() {
+            panic!("agent exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(accepted >= 2);
+    assert!(agent.terminate(), "agent exits 0 on SIGTERM");
+    assert!(pool.terminate(), "pool exits 0 on SIGTERM: {:?}", pool.seen);
+}
+
+#[test]
+fn run_refuses_a_config_with_an_unknown_key_naming_line_and_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[api]\nlisten = \"off\"\nlisen_port = 4028\n").expect("write");
+    let out = Command::new(AGENT)
+        .args([
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--state-dir",
+            dir.path().join("state").to_str().expect("utf-8 path"),
+        ])
+        .output()
+        .expect("agent runs");
+    assert!(!out.status.success(), "a bad config must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lisen_port"), "names the key: {stderr}");
+    assert!(stderr.contains("line 3"), "names the line: {stderr}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "nothing starts (not even the state folder) on a bad config"
+    );
 }
