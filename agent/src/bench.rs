@@ -1,6 +1,7 @@
 //! `rigfleet-agent bench`: hash rate of the engine's CPU device per thread count and code path,
 //! and how fast a new job reaches the workers. Numbers are printed, never asserted.
 
+use crate::mine::format_rate;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     path,
                     threads,
                     if threads == 1 { " " } else { "s" },
-                    human_rate(m.hashes as f64 / m.seconds),
+                    format_rate(m.hashes as f64 / m.seconds),
                     m.hashes,
                     m.seconds
                 );
@@ -218,15 +219,4 @@ fn measure_switch(
         }
     }
     Ok(samples)
-}
-
-fn human_rate(hps: f64) -> String {
-    let units = [("H/s", 1.0), ("kH/s", 1e3), ("MH/s", 1e6), ("GH/s", 1e9)];
-    let (unit, scale) = units
-        .iter()
-        .rev()
-        .find(|(_, s)| hps >= *s)
-        .copied()
-        .unwrap_or(("H/s", 1.0));
-    format!("{:.2} {unit}", hps / scale)
 }

@@ -2,6 +2,7 @@
 //! for the demo and for trying a miner by hand. Prints the URL, then a stats line every few
 //! seconds, and stops cleanly on Ctrl-C or SIGTERM.
 
+use crate::mine::format_rate;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -241,18 +242,6 @@ fn stats_line(
         b.best_share_difficulty,
         format_rate(rate),
     )
-}
-
-/// A hash rate with an SI prefix.
-fn format_rate(hps: f64) -> String {
-    const UNITS: [&str; 6] = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s", "PH/s"];
-    let mut value = hps;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    format!("{value:.2} {}", UNITS[unit])
 }
 
 #[cfg(test)]

@@ -84,8 +84,9 @@ impl Drop for Proc {
     }
 }
 
-#[test]
-fn mine_gets_shares_accepted_by_the_pool_process_and_both_stop_on_sigterm() {
+/// A SHA-256d test pool process on a free port (jobs only on demand, stats every second) and
+/// the URL it printed.
+fn spawn_pool() -> (Proc, String) {
     let mut pool = Proc::spawn(&[
         "pool",
         "--listen",
@@ -105,6 +106,12 @@ fn mine_gets_shares_accepted_by_the_pool_process_and_both_stop_on_sigterm() {
         .find(|w| w.starts_with("stratum+tcp://"))
         .expect("URL in the banner")
         .to_string();
+    (pool, url)
+}
+
+#[test]
+fn mine_gets_shares_accepted_by_the_pool_process_and_both_stop_on_sigterm() {
+    let (mut pool, url) = spawn_pool();
 
     let mut miner = Proc::spawn(&[
         "mine",
@@ -204,23 +211,7 @@ fn api_summary(port: u16) -> Option<serde_json::Value> {
 
 #[test]
 fn run_mines_on_the_saved_desired_config_serves_the_api_and_stops_on_sigterm() {
-    let mut pool = Proc::spawn(&[
-        "pool",
-        "--listen",
-        "127.0.0.1:0",
-        "--algo",
-        "sha256d",
-        "--job-interval-secs",
-        "0",
-    ]);
-    let banner = pool
-        .wait_line(Duration::from_secs(30), |l| l.contains("stratum+tcp://"))
-        .expect("pool prints its URL");
-    let url = banner
-        .split_whitespace()
-        .find(|w| w.starts_with("stratum+tcp://"))
-        .expect("URL in the banner")
-        .to_string();
+    let (mut pool, url) = spawn_pool();
 
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");

@@ -15,6 +15,8 @@ pub mod algo;
 pub mod error;
 pub mod hex;
 pub mod target;
+#[cfg(test)]
+mod test_rng;
 
 pub use algo::{Algorithm, Kernel, NonceRange};
 pub use error::{EngineError, TargetError};

@@ -271,7 +271,7 @@ impl Identity {
 
     /// The agent's public key as hex.
     pub fn public_key_hex(&self) -> String {
-        hex(self.key.verifying_key().as_bytes())
+        rigfleet_engine::hex::encode(self.key.verifying_key().as_bytes())
     }
 
     /// The pinned server key.
@@ -349,7 +349,7 @@ impl Identity {
             agent_id: self.agent_id.clone(),
             rig_ids: self.rig_ids.clone(),
             server_url: self.server_url.clone(),
-            server_public_key: hex(self.server_key.as_bytes()),
+            server_public_key: rigfleet_engine::hex::encode(self.server_key.as_bytes()),
             server_key_fingerprint: self.server_key_fingerprint(),
             agent_public_key: self.public_key_hex(),
         };
@@ -395,7 +395,7 @@ impl Identity {
                 "server_key_fingerprint does not match server_public_key".into(),
             ));
         }
-        if hex(key.verifying_key().as_bytes()) != record.agent_public_key {
+        if rigfleet_engine::hex::encode(key.verifying_key().as_bytes()) != record.agent_public_key {
             return Err(corrupt(format!(
                 "agent_public_key does not match {}",
                 key_path.display()
@@ -568,13 +568,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rigfleet_engine::hex::encode as hex;
 
     const NOW: i64 = 1_764_280_000_000;
 

@@ -6,6 +6,7 @@ use super::{hash_header, kernels, scrypt};
 use crate::algo::{set_nonce, Algorithm, Kernel, NonceRange};
 use crate::hex;
 use crate::target::Target;
+use crate::test_rng::SplitMix64;
 use crate::test_vectors::LITECOIN_GENESIS;
 use std::sync::OnceLock;
 
@@ -148,7 +149,7 @@ fn rfc7914_section12_scrypt_vector_4_n1048576() {
 
 #[test]
 fn specialised_portable_equals_the_general_function() {
-    let mut rng = Rng::new(0x5eed_0001);
+    let mut rng = SplitMix64(0x5eed_0001);
     for _ in 0..6 {
         let header = rng.header();
         let mut general = [0u8; 32];
@@ -205,35 +206,6 @@ fn kernels_are_listed_portable_first_and_chunks_fill_their_batches() {
     }
 }
 
-/// splitmix64: a small deterministic generator, so that failures are reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn header(&mut self) -> [u8; 80] {
-        let mut h = [0u8; 80];
-        for chunk in h.chunks_mut(8) {
-            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        h
-    }
-}
-
 /// Seed of the shared random headers.
 #[cfg(target_arch = "x86_64")]
 const HEADER_SEED: u64 = 0x0123_4567_89ab_cdef;
@@ -246,7 +218,7 @@ const RANDOM_HEADERS: usize = 10_240;
 fn random_headers() -> &'static [([u8; 80], [u8; 32])] {
     static CASES: OnceLock<Vec<([u8; 80], [u8; 32])>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let mut rng = Rng::new(HEADER_SEED);
+        let mut rng = SplitMix64(HEADER_SEED);
         let headers: Vec<[u8; 80]> = (0..RANDOM_HEADERS).map(|_| rng.header()).collect();
         let mut out = vec![[0u8; 32]; headers.len()];
         std::thread::scope(|s| {
@@ -282,7 +254,7 @@ const SCAN_SEED: u64 = 0xfeed_face_cafe_beef;
 fn random_scans() -> &'static [ScanCase] {
     static CASES: OnceLock<Vec<ScanCase>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let mut rng = Rng::new(SCAN_SEED);
+        let mut rng = SplitMix64(SCAN_SEED);
         let mut cases = Vec::new();
         for i in 0..24 {
             let header = rng.header();

@@ -7,6 +7,7 @@ use super::x86_shani::Variant;
 use super::{x86_avx2, x86_avx512, x86_shani};
 use crate::algo::{Algorithm, Kernel, NonceRange};
 use crate::target::Target;
+use crate::test_rng::SplitMix64;
 
 /// One compiled copy of the SHA-NI kernel as a kernel of its own, so that every copy the CPU can
 /// run is tested, not only the one the `shani` path picks.
@@ -54,24 +55,6 @@ fn fast_kernels() -> Vec<(&'static dyn Kernel, bool)> {
     list
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): a tiny deterministic generator, so a failure can be
-/// replayed from the printed seed without adding a dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A target whose top word makes candidates rare, common, certain or near-impossible, with
 /// random lower words (which the kernels must ignore).
 fn random_target(rng: &mut SplitMix64) -> Target {
@@ -79,15 +62,15 @@ fn random_target(rng: &mut SplitMix64) -> Target {
         0 => 0,
         1 => u32::MAX,
         2 => 0x7FFF_FFFF,
-        3 => rng.next() as u32,
+        3 => rng.next_u64() as u32,
         // 0x00FFFFFF..=0x0FFFFFFF: roughly one nonce in 256 to one in 16 is a candidate.
         _ => 0x00FF_FFFF + rng.below(0x0F00_0001) as u32,
     };
     Target::from_limbs([
-        rng.next(),
-        rng.next(),
-        rng.next(),
-        (u64::from(top) << 32) | (rng.next() & 0xFFFF_FFFF),
+        rng.next_u64(),
+        rng.next_u64(),
+        rng.next_u64(),
+        (u64::from(top) << 32) | (rng.next_u64() & 0xFFFF_FFFF),
     ])
 }
 
@@ -98,7 +81,7 @@ fn random_range(rng: &mut SplitMix64) -> NonceRange {
         0 => NonceRange::new(0, len - 1),
         1 => NonceRange::new(u32::MAX - (len - 1), u32::MAX),
         _ => {
-            let first = rng.next() as u32 % (u32::MAX - len + 1);
+            let first = rng.next_u64() as u32 % (u32::MAX - len + 1);
             NonceRange::new(first, first + (len - 1))
         }
     }
@@ -121,7 +104,7 @@ fn every_fast_path_equals_portable_on_random_headers() {
     for case in 0..HEADERS {
         let mut header = [0u8; 80];
         for chunk in header.chunks_mut(8) {
-            chunk.copy_from_slice(&rng.next().to_le_bytes()[..chunk.len()]);
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes()[..chunk.len()]);
         }
         let target = random_target(&mut rng);
         let range = random_range(&mut rng);
