@@ -11,6 +11,7 @@
 pub mod agent_to_server;
 pub mod command;
 pub mod config;
+pub mod enroll;
 pub mod error;
 pub mod ids;
 pub mod limits;

@@ -2,6 +2,7 @@
 //! at run time, and waiting helpers. The tests live in `tests/e2e/`, one integration binary.
 
 pub mod rig;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

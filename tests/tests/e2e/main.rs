@@ -2,3 +2,9 @@
 
 /// The engine and the Stratum client mining against the validating test pool over TCP.
 mod stratum_mining;
+
+/// The server's agent hub over real sockets: handshake, acks, dedup, refusals, orders.
+mod server_hub;
+
+/// The server's REST API, OpenAPI document, metrics and restart.
+mod server_api;

@@ -1,0 +1,106 @@
+//! The REST API under `/api/v1` and its OpenAPI document, generated from the handlers'
+//! annotations so that the document and the routes cannot drift apart unnoticed (a test walks
+//! both).
+
+pub mod auth;
+pub mod error;
+pub mod orders;
+pub mod rigs;
+pub mod tokens;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::app::AppState;
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "rigfleet server API", description = "Fleet, rigs, history, configs, commands, events and enrollment tokens. Authenticate with `Authorization: Bearer rft_…` (scopes read ⊂ write ⊂ admin)."),
+    paths(
+        rigs::list, rigs::detail, rigs::patch, rigs::remove, rigs::approve, rigs::history,
+        orders::devices, orders::get_config, orders::put_config, orders::send_command,
+        orders::list_commands, orders::events,
+        tokens::list, tokens::create, tokens::revoke,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "api_token",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// Every `(method, path)` the router serves under `/api/v1`, in OpenAPI's path syntax. The
+/// router below is built from the same calls; a test checks this list against the document and
+/// against the live router.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/rigs"),
+    ("get", "/api/v1/rigs/{rig}"),
+    ("patch", "/api/v1/rigs/{rig}"),
+    ("delete", "/api/v1/rigs/{rig}"),
+    ("post", "/api/v1/rigs/{rig}/approve"),
+    ("get", "/api/v1/rigs/{rig}/history"),
+    ("get", "/api/v1/rigs/{rig}/devices"),
+    ("get", "/api/v1/rigs/{rig}/config"),
+    ("put", "/api/v1/rigs/{rig}/config"),
+    ("post", "/api/v1/rigs/{rig}/commands"),
+    ("get", "/api/v1/rigs/{rig}/commands"),
+    ("get", "/api/v1/events"),
+    ("get", "/api/v1/enrollment-tokens"),
+    ("post", "/api/v1/enrollment-tokens"),
+    ("delete", "/api/v1/enrollment-tokens/{id}"),
+];
+
+/// The `/api/v1` router.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/rigs", get(rigs::list))
+        .route(
+            "/api/v1/rigs/{rig}",
+            get(rigs::detail).patch(rigs::patch).delete(rigs::remove),
+        )
+        .route(
+            "/api/v1/rigs/{rig}/approve",
+            axum::routing::post(rigs::approve),
+        )
+        .route("/api/v1/rigs/{rig}/history", get(rigs::history))
+        .route("/api/v1/rigs/{rig}/devices", get(orders::devices))
+        .route(
+            "/api/v1/rigs/{rig}/config",
+            get(orders::get_config).put(orders::put_config),
+        )
+        .route(
+            "/api/v1/rigs/{rig}/commands",
+            get(orders::list_commands).post(orders::send_command),
+        )
+        .route("/api/v1/events", get(orders::events))
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            axum::routing::delete(tokens::revoke),
+        )
+        .route("/api/v1/openapi.json", get(openapi_json))
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,531 @@
+//! Rollups (raw → 1 minute → 1 hour) and retention.
+//!
+//! The writer marks every (rig, minute) it writes in `rollup_pending`, in the sample's own
+//! transaction. [`run_rollups`] recomputes marked minutes from raw once they have ended (plus a
+//! grace), so a late sample is merged by recomputing its bucket rather than patched in; the
+//! recomputed minute marks its hour in `rollup_pending_hour`, and hours are rebuilt from their
+//! minutes. A bucket's share counts are deltas of the cumulative counters, starting from the
+//! last sample before the bucket; a counter that went down (agent restart, new config) counts
+//! from zero.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::packed::{decode_raw, decode_rollup, encode_rollup, RawDevice, RawRecord, RollupDevice};
+use super::row::RowExt;
+use super::{dispatch, Store, StoreError, WriteBegin};
+
+pub(crate) const MINUTE_MS: i64 = 60_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+/// A minute is rolled up this long after it ended, so samples in flight land first.
+pub const ROLLUP_GRACE_MS: i64 = 30_000;
+/// Buckets handled per transaction.
+const BUCKETS_PER_TX: i64 = 200;
+
+/// How long each resolution is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub raw_ms: i64,
+    pub minute_ms: i64,
+    pub hour_ms: i64,
+}
+
+impl Default for Retention {
+    /// 6 hours raw, 7 days of minutes, 2 years of hours.
+    fn default() -> Self {
+        Retention {
+            raw_ms: 6 * HOUR_MS,
+            minute_ms: 7 * 24 * HOUR_MS,
+            hour_ms: 730 * 24 * HOUR_MS,
+        }
+    }
+}
+
+/// What [`run_rollups`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RollupStats {
+    pub minutes: u64,
+    pub hours: u64,
+}
+
+/// What [`prune`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub raw: u64,
+    pub minute: u64,
+    pub hour: u64,
+}
+
+/// Share counters of one device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub stale: u64,
+    pub hardware_errors: u64,
+}
+
+fn delta(prev: u64, cur: u64) -> u64 {
+    // A counter that went down was reset: everything it shows now is new.
+    if cur >= prev {
+        cur - prev
+    } else {
+        cur
+    }
+}
+
+/// Turns cumulative counters into per-sample deltas, device by device.
+#[derive(Default)]
+pub(crate) struct DeltaTracker {
+    last: HashMap<u16, Counters>,
+}
+
+impl DeltaTracker {
+    /// Takes the sample just before the range as the starting point.
+    pub(crate) fn seed(&mut self, rec: &RawRecord) {
+        for d in &rec.devices {
+            self.last.insert(d.slot, counters(d));
+        }
+    }
+
+    /// Shares since the device's previous sample; zero for a device's first sample, whose
+    /// starting point is unknown.
+    pub(crate) fn step(&mut self, d: &RawDevice) -> Counters {
+        let cur = counters(d);
+        let out = match self.last.get(&d.slot) {
+            Some(prev) => Counters {
+                accepted: delta(prev.accepted, cur.accepted),
+                rejected: delta(prev.rejected, cur.rejected),
+                stale: delta(prev.stale, cur.stale),
+                hardware_errors: delta(prev.hardware_errors, cur.hardware_errors),
+            },
+            None => Counters::default(),
+        };
+        self.last.insert(d.slot, cur);
+        out
+    }
+}
+
+fn counters(d: &RawDevice) -> Counters {
+    Counters {
+        accepted: d.accepted,
+        rejected: d.rejected,
+        stale: d.stale,
+        hardware_errors: d.hardware_errors,
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    samples: u64,
+    hashrate: f64,
+    max_temp: Option<f32>,
+    fan: (f64, u64),
+    power: (f64, u64),
+    shares: Counters,
+}
+
+impl Acc {
+    fn finish(&self, slot: u16) -> RollupDevice {
+        let mean = |(sum, n): (f64, u64)| (n > 0).then(|| (sum / n as f64) as f32);
+        RollupDevice {
+            slot,
+            samples: self.samples,
+            avg_hashrate_hps: if self.samples > 0 {
+                (self.hashrate / self.samples as f64) as f32
+            } else {
+                0.0
+            },
+            max_temperature: self.max_temp,
+            avg_fan_percent: mean(self.fan),
+            avg_power_watts: mean(self.power),
+            accepted: self.shares.accepted,
+            rejected: self.shares.rejected,
+            stale: self.shares.stale,
+            hardware_errors: self.shares.hardware_errors,
+        }
+    }
+
+    fn add_counters(&mut self, c: Counters) {
+        self.shares.accepted += c.accepted;
+        self.shares.rejected += c.rejected;
+        self.shares.stale += c.stale;
+        self.shares.hardware_errors += c.hardware_errors;
+    }
+}
+
+fn max_opt(a: Option<f32>, b: Option<f32>) -> Option<f32> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Aggregates one minute of raw samples (in time order) given the sample before the minute.
+pub(crate) fn aggregate_raw(baseline: Option<&RawRecord>, rows: &[RawRecord]) -> Vec<RollupDevice> {
+    let mut tracker = DeltaTracker::default();
+    if let Some(b) = baseline {
+        tracker.seed(b);
+    }
+    let mut acc: HashMap<u16, Acc> = HashMap::new();
+    for rec in rows {
+        for d in &rec.devices {
+            let c = tracker.step(d);
+            let a = acc.entry(d.slot).or_default();
+            a.samples += 1;
+            a.hashrate += f64::from(d.hashrate_5s_hps);
+            a.max_temp = max_opt(a.max_temp, d.temperature_celsius);
+            if let Some(f) = d.fan_percent {
+                a.fan = (a.fan.0 + f64::from(f), a.fan.1 + 1);
+            }
+            if let Some(w) = d.power_watts {
+                a.power = (a.power.0 + f64::from(w), a.power.1 + 1);
+            }
+            a.add_counters(c);
+        }
+    }
+    let mut out: Vec<RollupDevice> = acc.iter().map(|(slot, a)| a.finish(*slot)).collect();
+    out.sort_by_key(|d| d.slot);
+    out
+}
+
+/// Merges buckets into a coarser one, averages weighted by sample counts.
+pub(crate) fn merge_buckets(buckets: &[Vec<RollupDevice>]) -> Vec<RollupDevice> {
+    let mut acc: HashMap<u16, Acc> = HashMap::new();
+    for b in buckets {
+        for d in b {
+            let a = acc.entry(d.slot).or_default();
+            let w = d.samples;
+            a.samples += w;
+            a.hashrate += f64::from(d.avg_hashrate_hps) * w as f64;
+            a.max_temp = max_opt(a.max_temp, d.max_temperature);
+            if let Some(f) = d.avg_fan_percent {
+                a.fan = (a.fan.0 + f64::from(f) * w as f64, a.fan.1 + w);
+            }
+            if let Some(p) = d.avg_power_watts {
+                a.power = (a.power.0 + f64::from(p) * w as f64, a.power.1 + w);
+            }
+            a.add_counters(Counters {
+                accepted: d.accepted,
+                rejected: d.rejected,
+                stale: d.stale,
+                hardware_errors: d.hardware_errors,
+            });
+        }
+    }
+    let mut out: Vec<RollupDevice> = acc.iter().map(|(slot, a)| a.finish(*slot)).collect();
+    out.sort_by_key(|d| d.slot);
+    out
+}
+
+fn corrupt(e: super::packed::PackError) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Recomputes every pending minute that ended (plus the grace) before `now_ms`, then every hour
+/// whose minutes changed.
+pub async fn run_rollups(store: &Store, now_ms: i64) -> Result<RollupStats, StoreError> {
+    let mut stats = RollupStats::default();
+    loop {
+        let n = store
+            .rollup_minutes(now_ms - MINUTE_MS - ROLLUP_GRACE_MS)
+            .await?;
+        stats.minutes += n;
+        if n == 0 {
+            break;
+        }
+    }
+    loop {
+        let n = store.rollup_hours().await?;
+        stats.hours += n;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+/// Deletes what is older than the retention of each resolution, rig by rig (each delete is a
+/// range of the primary key).
+pub async fn prune(
+    store: &Store,
+    now_ms: i64,
+    retention: &Retention,
+) -> Result<PruneStats, StoreError> {
+    let rigs: Vec<i64> =
+        dispatch!(store, p => sqlx::query_scalar("SELECT id FROM rigs").fetch_all(p).await?);
+    let mut stats = PruneStats::default();
+    for rig in rigs {
+        dispatch!(store, p => {
+            stats.raw += sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2")
+                .bind(rig).bind(now_ms - retention.raw_ms).execute(p).await?.rows_affected();
+            stats.minute += sqlx::query("DELETE FROM telemetry_1m WHERE rig_id = $1 AND ts_ms < $2")
+                .bind(rig).bind(now_ms - retention.minute_ms).execute(p).await?.rows_affected();
+            stats.hour += sqlx::query("DELETE FROM telemetry_1h WHERE rig_id = $1 AND ts_ms < $2")
+                .bind(rig).bind(now_ms - retention.hour_ms).execute(p).await?.rows_affected();
+        });
+    }
+    Ok(stats)
+}
+
+impl Store {
+    /// One transaction over up to BUCKETS_PER_TX pending minutes that started at or before
+    /// `latest_start`; returns how many minutes it recomputed.
+    async fn rollup_minutes(&self, latest_start: i64) -> Result<u64, StoreError> {
+        dispatch!(self, p => {
+            let mut tx = p.begin_with(p.write_begin()).await?;
+            let rows = sqlx::query(
+                "SELECT rig_id, minute_ms FROM rollup_pending WHERE minute_ms <= $1
+                 ORDER BY rig_id, minute_ms LIMIT $2",
+            )
+            .bind(latest_start).bind(BUCKETS_PER_TX).fetch_all(&mut *tx).await?;
+            let pending = rows.iter().map(|r| Ok((r.i64("rig_id")?, r.i64("minute_ms")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            if pending.is_empty() {
+                return Ok(0);
+            }
+            // A late sample also changes the delta of the next sample after it, which may sit in
+            // a later, already rolled-up minute (after a gap): recompute that minute too.
+            let mut todo: BTreeSet<(i64, i64)> = BTreeSet::new();
+            for (rig, minute) in &pending {
+                sqlx::query("DELETE FROM rollup_pending WHERE rig_id = $1 AND minute_ms = $2")
+                    .bind(rig).bind(minute).execute(&mut *tx).await?;
+                todo.insert((*rig, *minute));
+                let next: Option<i64> = sqlx::query_scalar(
+                    "SELECT ts_ms FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 ORDER BY ts_ms LIMIT 1")
+                    .bind(rig).bind(minute + MINUTE_MS).fetch_optional(&mut *tx).await?;
+                if let Some(ts) = next {
+                    let m = super::telemetry::minute_of(ts);
+                    if m <= latest_start {
+                        todo.insert((*rig, m));
+                    }
+                }
+            }
+            for (rig, minute) in &todo {
+                let base: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC LIMIT 1")
+                    .bind(rig).bind(minute).fetch_optional(&mut *tx).await?;
+                let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms")
+                    .bind(rig).bind(minute).bind(minute + MINUTE_MS).fetch_all(&mut *tx).await?;
+                if blobs.is_empty() {
+                    // Raw already pruned: keep the bucket computed while it existed.
+                    continue;
+                }
+                let base = base.map(|b| decode_raw(&b)).transpose().map_err(corrupt)?;
+                let recs = blobs.iter().map(|b| decode_raw(b)).collect::<Result<Vec<_>, _>>().map_err(corrupt)?;
+                let devices = aggregate_raw(base.as_ref(), &recs);
+                let samples = i64::try_from(recs.len()).unwrap_or(i64::MAX);
+                sqlx::query(
+                    "INSERT INTO telemetry_1m (rig_id, ts_ms, samples, data) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (rig_id, ts_ms) DO UPDATE SET samples = excluded.samples, data = excluded.data",
+                )
+                .bind(rig).bind(minute).bind(samples).bind(encode_rollup(&devices))
+                .execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO rollup_pending_hour (rig_id, hour_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(rig).bind(minute.div_euclid(HOUR_MS) * HOUR_MS).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(todo.len() as u64)
+        })
+    }
+
+    /// One transaction over up to BUCKETS_PER_TX pending hours.
+    async fn rollup_hours(&self) -> Result<u64, StoreError> {
+        dispatch!(self, p => {
+            let mut tx = p.begin_with(p.write_begin()).await?;
+            let rows = sqlx::query("SELECT rig_id, hour_ms FROM rollup_pending_hour ORDER BY rig_id, hour_ms LIMIT $1")
+                .bind(BUCKETS_PER_TX).fetch_all(&mut *tx).await?;
+            let pending = rows.iter().map(|r| Ok((r.i64("rig_id")?, r.i64("hour_ms")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for (rig, hour) in &pending {
+                sqlx::query("DELETE FROM rollup_pending_hour WHERE rig_id = $1 AND hour_ms = $2")
+                    .bind(rig).bind(hour).execute(&mut *tx).await?;
+                let rows = sqlx::query(
+                    "SELECT samples, data FROM telemetry_1m WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3")
+                    .bind(rig).bind(hour).bind(hour + HOUR_MS).fetch_all(&mut *tx).await?;
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut samples = 0i64;
+                let mut buckets = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    samples = samples.saturating_add(r.i64("samples")?);
+                    buckets.push(decode_rollup(&r.bytes("data")?).map_err(corrupt)?);
+                }
+                sqlx::query(
+                    "INSERT INTO telemetry_1h (rig_id, ts_ms, samples, data) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (rig_id, ts_ms) DO UPDATE SET samples = excluded.samples, data = excluded.data",
+                )
+                .bind(rig).bind(hour).bind(samples).bind(encode_rollup(&merge_buckets(&buckets)))
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(pending.len() as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rigs::tests::one_rig;
+    use super::super::telemetry::tests::{sample, write};
+    use super::super::test_db::test_backends;
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+
+    fn accepted(h: &super::super::History) -> Vec<u64> {
+        h.points.iter().map(|p| p.accepted).collect()
+    }
+
+    #[test]
+    fn deltas_count_resets_from_zero() {
+        let recs: Vec<RawRecord> = [100u64, 110, 5, 12, 12]
+            .iter()
+            .map(|a| RawRecord {
+                rig: Default::default(),
+                pool: None,
+                devices: vec![RawDevice {
+                    slot: 0,
+                    algorithm: "x".into(),
+                    enabled: true,
+                    hashrate_5s_hps: 1.0,
+                    hashrate_1m_hps: 1.0,
+                    accepted: *a,
+                    rejected: 0,
+                    stale: 0,
+                    hardware_errors: 0,
+                    temperature_celsius: None,
+                    fan_rpm: None,
+                    fan_percent: None,
+                    power_watts: Some(10.0),
+                    core_clock_mhz: None,
+                    memory_clock_mhz: None,
+                }],
+            })
+            .collect();
+        let agg = aggregate_raw(Some(&recs[0]), &recs[1..]);
+        assert_eq!(
+            (
+                agg[0].accepted,
+                agg[0].samples,
+                agg[0].avg_power_watts,
+                agg[0].max_temperature
+            ),
+            (10 + 5 + 7, 4, Some(10.0), None)
+        );
+        let no_base = aggregate_raw(None, &recs);
+        assert_eq!(no_base[0].accepted, 22);
+        let merged = merge_buckets(&[agg.clone(), no_base]);
+        assert_eq!((merged[0].accepted, merged[0].samples), (44, 9));
+    }
+
+    #[tokio::test]
+    async fn rollups_handle_counter_resets_and_grace() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            // Agent restarts after seq 3: counters start again from 0.
+            let counts = [0u64, 10, 20, 30, 4, 9];
+            let samples: Vec<_> = counts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| sample(i as u64 + 1, T0 + i as i64 * 10_000, 1, *a))
+                .collect();
+            write(s, rig, &samples).await;
+            // The minute has not ended (plus grace) yet: nothing is rolled up.
+            assert_eq!(
+                run_rollups(s, T0 + 60_000).await.unwrap(),
+                RollupStats::default()
+            );
+            let stats = run_rollups(s, T0 + 60_000 + ROLLUP_GRACE_MS).await.unwrap();
+            assert_eq!(
+                stats,
+                RollupStats {
+                    minutes: 1,
+                    hours: 1
+                }
+            );
+            let m = s.history(rig, T0, T0 + 7 * HOUR_MS).await.unwrap();
+            assert_eq!(accepted(&m), [10 + 10 + 10 + 4 + 5]);
+            assert_eq!(m.points[0].devices[0].hashrate_hps, 1000.0);
+            // Running again finds nothing to do.
+            assert_eq!(
+                run_rollups(s, T0 + HOUR_MS).await.unwrap(),
+                RollupStats::default()
+            );
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn late_samples_are_merged_into_rolled_up_buckets() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            // Minutes 0 and 1 with a gap: seq 1 at 0 s, seq 2 at 10 s, then seq 4 at 70 s.
+            write(
+                s,
+                rig,
+                &[
+                    sample(1, T0, 1, 0),
+                    sample(2, T0 + 10_000, 1, 10),
+                    sample(4, T0 + 70_000, 1, 40),
+                ],
+            )
+            .await;
+            run_rollups(s, T0 + 10 * 60_000).await.unwrap();
+            let m = s.history(rig, T0, T0 + 7 * HOUR_MS).await.unwrap();
+            assert_eq!(accepted(&m), [10, 30]);
+            // seq 3 (counter 25, at 50 s) arrives late, after both minutes were rolled up.
+            let out = write(s, rig, &[sample(3, T0 + 50_000, 1, 25)]).await;
+            assert_eq!(out.inserted, 1);
+            let stats = run_rollups(s, T0 + 10 * 60_000).await.unwrap();
+            // Its minute and the minute holding the next sample (whose delta changed) are redone.
+            assert_eq!(stats.minutes, 2);
+            let m = s.history(rig, T0, T0 + 7 * HOUR_MS).await.unwrap();
+            assert_eq!(accepted(&m), [25, 15]);
+            let hours = s.history(rig, T0, T0 + 30 * 24 * HOUR_MS).await.unwrap();
+            assert_eq!((hours.points.len(), hours.points[0].accepted), (1, 40));
+            assert_eq!(m.points[0].devices[0].hashrate_hps, 1000.0);
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_each_resolution_for_its_retention() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            let other = one_rig(s, "b", 1).await;
+            let samples: Vec<_> = (0..30)
+                .map(|i| sample(i + 1, T0 + i as i64 * 10 * 60_000, 1, i))
+                .collect();
+            write(s, rig, &samples).await;
+            write(s, other, &samples[..3]).await;
+            run_rollups(s, T0 + 10 * HOUR_MS).await.unwrap();
+            // 30 samples 10 minutes apart span 4 h 50 min: 5 hours, 30 minutes.
+            let ret = Retention {
+                raw_ms: HOUR_MS,
+                minute_ms: 2 * HOUR_MS,
+                hour_ms: 3 * HOUR_MS,
+            };
+            let now = T0 + 5 * HOUR_MS;
+            let stats = prune(s, now, &ret).await.unwrap();
+            // Kept: raw at or after 4 h (6, none of rig b), minutes from 3 h (12), hours from 2 h (3).
+            assert_eq!(
+                stats,
+                PruneStats {
+                    raw: 24 + 3,
+                    minute: 18 + 3,
+                    hour: 2 + 1
+                }
+            );
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap(), (6, Some(25), Some(30)));
+            assert_eq!(s.raw_seq_stats(other).await.unwrap().0, 0);
+            assert_eq!(s.history(rig, T0, now).await.unwrap().points.len(), 6);
+            assert_eq!(prune(s, now, &ret).await.unwrap(), PruneStats::default());
+            db.cleanup().await;
+        }
+    }
+}
