@@ -1,6 +1,7 @@
 //! Harness for rigfleet's end-to-end tests: pieces started for real on 127.0.0.1 ports chosen
 //! at run time, and waiting helpers. The tests live in `tests/e2e/`, one integration binary.
 
+pub mod agent_proc;
 pub mod rig;
 pub mod server;
 

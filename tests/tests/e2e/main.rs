@@ -8,3 +8,6 @@ mod server_hub;
 
 /// The server's REST API, OpenAPI document, metrics and restart.
 mod server_api;
+
+/// The real agent binary against the real server and test pools.
+mod agent_server;
