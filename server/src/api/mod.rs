@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod orders;
+pub mod profiles;
 pub mod rigs;
 pub mod tokens;
 
@@ -24,9 +25,10 @@ use crate::app::AppState;
         orders::devices, orders::get_config, orders::put_config, orders::send_command,
         orders::list_commands, orders::events,
         tokens::list, tokens::create, tokens::revoke,
+        profiles::list, profiles::put, profiles::remove,
     ),
     modifiers(&BearerAuth),
-    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"))
+    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"))
 )]
 pub struct ApiDoc;
 
@@ -65,6 +67,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/enrollment-tokens"),
     ("post", "/api/v1/enrollment-tokens"),
     ("delete", "/api/v1/enrollment-tokens/{id}"),
+    ("get", "/api/v1/profiles"),
+    ("put", "/api/v1/profiles/{name}"),
+    ("delete", "/api/v1/profiles/{name}"),
 ];
 
 /// The `/api/v1` router.
@@ -97,6 +102,11 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/enrollment-tokens/{id}",
             axum::routing::delete(tokens::revoke),
+        )
+        .route("/api/v1/profiles", get(profiles::list))
+        .route(
+            "/api/v1/profiles/{name}",
+            axum::routing::put(profiles::put).delete(profiles::remove),
         )
         .route("/api/v1/openapi.json", get(openapi_json))
 }

@@ -56,7 +56,10 @@ impl Drop for Proc {
 
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).context("stat format")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the command name.
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
@@ -75,7 +78,10 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn raise_nofile() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
@@ -86,9 +92,17 @@ fn raise_nofile() {
 }
 
 fn start_server(data: &Path, db_url: &str, port: u16, log: &Path) -> Result<Proc> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let child = Command::new(workspace_binary("rigfleet-server"))
-        .args(["--data-dir", data.to_str().context("path")?, "--database-url", db_url])
+        .args([
+            "--data-dir",
+            data.to_str().context("path")?,
+            "--database-url",
+            db_url,
+        ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
         .stdout(out.try_clone()?)
@@ -99,7 +113,12 @@ fn start_server(data: &Path, db_url: &str, port: u16, log: &Path) -> Result<Proc
 
 async fn metrics(port: u16) -> String {
     let addr = format!("127.0.0.1:{port}").parse().expect("address");
-    match tokio::time::timeout(Duration::from_secs(10), http(addr, "GET", "/metrics", None, None)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        http(addr, "GET", "/metrics", None, None),
+    )
+    .await
+    {
         Ok((200, text)) => text,
         _ => String::new(),
     }
@@ -120,7 +139,11 @@ fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .filter_map(|l| l.strip_prefix(&prefix))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.parse().ok()?))
         })
         .collect();
@@ -136,7 +159,11 @@ fn quantile(text: &str, name: &str, q: f64) -> Option<f64> {
             if le.is_infinite() {
                 return Some(prev.0);
             }
-            let frac = if count > prev.1 { (target - prev.1) / (count - prev.1) } else { 1.0 };
+            let frac = if count > prev.1 {
+                (target - prev.1) / (count - prev.1)
+            } else {
+                1.0
+            };
             return Some(prev.0 + frac * (le - prev.0));
         }
         prev = (le, count);
@@ -152,7 +179,11 @@ fn quantile_between(before: &str, after: &str, name: &str, q: f64) -> Option<f64
         .filter(|l| l.starts_with(&prefix))
         .map(|l| {
             let key = l.rsplit_once(' ').map(|(k, _)| k).unwrap_or(l);
-            let a: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let a: f64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
             let b: f64 = before
                 .lines()
                 .find(|x| x.starts_with(key) && x[key.len()..].starts_with(' '))
@@ -185,11 +216,20 @@ struct Contiguity {
 }
 
 async fn check_contiguity(store: &Store) -> Result<Contiguity> {
-    let mut out = Contiguity { rigs: 0, stored: 0, gaps: 0, min_max_seq: u64::MAX };
+    let mut out = Contiguity {
+        rigs: 0,
+        stored: 0,
+        gaps: 0,
+        min_max_seq: u64::MAX,
+    };
     let mut offset = 0;
     loop {
         let page = store
-            .list_rigs(&RigFilter { limit: 500, offset, ..Default::default() })
+            .list_rigs(&RigFilter {
+                limit: 500,
+                offset,
+                ..Default::default()
+            })
             .await?;
         let n = page.items.len();
         for rig in page.items {
@@ -220,9 +260,12 @@ async fn main() -> Result<()> {
     let db = match args.backend.as_str() {
         "sqlite" => None,
         "postgres" => Some(
-            TestDb::postgres(&std::env::var("RIGFLEET_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()))
-                .await
-                .context("PostgreSQL")?,
+            TestDb::postgres(
+                &std::env::var("RIGFLEET_TEST_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            )
+            .await
+            .context("PostgreSQL")?,
         ),
         other => bail!("--backend must be sqlite or postgres, not {other}"),
     };
@@ -234,12 +277,30 @@ async fn main() -> Result<()> {
     let server_log = work.path().join("server.log");
     let mut server = start_server(&data, &db_url, args.port, &server_log)?;
     let url = format!("http://127.0.0.1:{}", args.port);
-    if wait_connected(args.port, 0, Duration::from_secs(30)).await.is_none() {
-        bail!("server did not start: {}", std::fs::read_to_string(&server_log).unwrap_or_default());
+    if wait_connected(args.port, 0, Duration::from_secs(30))
+        .await
+        .is_none()
+    {
+        bail!(
+            "server did not start: {}",
+            std::fs::read_to_string(&server_log).unwrap_or_default()
+        );
     }
     let token_out = Command::new(workspace_binary("rigfleet-server"))
-        .args(["--data-dir", data.to_str().context("path")?, "--database-url", &db_url])
-        .args(["token", "create", "--expires-in-hours", "0", "--note", "loadtest"])
+        .args([
+            "--data-dir",
+            data.to_str().context("path")?,
+            "--database-url",
+            &db_url,
+        ])
+        .args([
+            "token",
+            "create",
+            "--expires-in-hours",
+            "0",
+            "--note",
+            "loadtest",
+        ])
         .output()?;
     let token = String::from_utf8_lossy(&token_out.stdout)
         .lines()
@@ -251,20 +312,38 @@ async fn main() -> Result<()> {
     let _sim = Proc(
         Command::new(workspace_binary("rigfleet-agent"))
             .args(["simulate", "--server", &url, "--token", &token])
-            .args(["--count", &args.rigs.to_string(), "--devices", &args.devices.to_string()])
+            .args([
+                "--count",
+                &args.rigs.to_string(),
+                "--devices",
+                &args.devices.to_string(),
+            ])
             .args(["--interval-secs", &args.interval.to_string()])
-            .args(["--state-dir", work.path().join("sim").to_str().context("path")?])
+            .args([
+                "--state-dir",
+                work.path().join("sim").to_str().context("path")?,
+            ])
             .env("RUST_LOG", "warn")
             .stdout(sim_out.try_clone()?)
             .stderr(sim_out)
             .stdin(Stdio::null())
             .spawn()?,
     );
-    let Some(connect_time) = wait_connected(args.port, args.rigs, Duration::from_secs(600)).await else {
-        bail!("the fleet did not connect; simulate log:\n{}", std::fs::read_to_string(&sim_log).unwrap_or_default());
+    let Some(connect_time) = wait_connected(args.port, args.rigs, Duration::from_secs(600)).await
+    else {
+        bail!(
+            "the fleet did not connect; simulate log:\n{}",
+            std::fs::read_to_string(&sim_log).unwrap_or_default()
+        );
     };
-    println!("backend {} | {} rigs × {} devices, telemetry every {} s", args.backend, args.rigs, args.devices, args.interval);
-    println!("fleet connected (enrollment included) in {:.1} s", connect_time.as_secs_f64());
+    println!(
+        "backend {} | {} rigs × {} devices, telemetry every {} s",
+        args.backend, args.rigs, args.devices, args.interval
+    );
+    println!(
+        "fleet connected (enrollment included) in {:.1} s",
+        connect_time.as_secs_f64()
+    );
     let pid = server.0.id();
     let store = Store::open(&db_url).await?;
     let size_before = store.db_size_bytes().await?;
@@ -285,18 +364,34 @@ async fn main() -> Result<()> {
     let written = metric(&m_after, "rigfleet_telemetry_samples_written_total").unwrap_or(0.0)
         - metric(&m_before, "rigfleet_telemetry_samples_written_total").unwrap_or(0.0);
     let cpu = ticks as f64 / hz / elapsed * 100.0;
-    println!("measured {elapsed:.0} s: server CPU {cpu:.1}% of one core, RSS {:.1} MiB (peak {:.1} MiB)",
-        rss_kib(pid, "VmRSS:") as f64 / 1024.0, peak_rss as f64 / 1024.0);
+    println!(
+        "measured {elapsed:.0} s: server CPU {cpu:.1}% of one core, RSS {:.1} MiB (peak {:.1} MiB)",
+        rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
     println!("samples written {written:.0} ({:.1}/s)", written / elapsed);
-    for (label, name) in [("ingest→durable", "rigfleet_telemetry_ingest_to_durable_seconds"), ("write batch", "rigfleet_telemetry_write_batch_seconds")] {
+    for (label, name) in [
+        (
+            "ingest→durable",
+            "rigfleet_telemetry_ingest_to_durable_seconds",
+        ),
+        ("write batch", "rigfleet_telemetry_write_batch_seconds"),
+    ] {
         let p50 = quantile_between(&m_before, &m_after, name, 0.5).unwrap_or(f64::NAN);
         let p99 = quantile_between(&m_before, &m_after, name, 0.99).unwrap_or(f64::NAN);
-        println!("{label} latency p50 {:.1} ms, p99 {:.1} ms", p50 * 1000.0, p99 * 1000.0);
+        println!(
+            "{label} latency p50 {:.1} ms, p99 {:.1} ms",
+            p50 * 1000.0,
+            p99 * 1000.0
+        );
     }
     let growth = size_after.saturating_sub(size_before) as f64;
-    println!("database {:.1} MiB → {:.1} MiB: growth {:.2} MiB per rig per day at this rate",
-        size_before as f64 / 1048576.0, size_after as f64 / 1048576.0,
-        growth / args.rigs as f64 * 86400.0 / elapsed / 1048576.0);
+    println!(
+        "database {:.1} MiB → {:.1} MiB: growth {:.2} MiB per rig per day at this rate",
+        size_before as f64 / 1048576.0,
+        size_after as f64 / 1048576.0,
+        growth / args.rigs as f64 * 86400.0 / elapsed / 1048576.0
+    );
 
     if args.storm {
         let before = check_contiguity(&store).await?;
@@ -324,7 +419,10 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(args.interval * 2)).await;
         let after = check_contiguity(&store).await?;
-        println!("storm: stored {} → {} samples; rigs with a gap: {} → {}", before.stored, after.stored, before.gaps, after.gaps);
+        println!(
+            "storm: stored {} → {} samples; rigs with a gap: {} → {}",
+            before.stored, after.stored, before.gaps, after.gaps
+        );
     }
     // Stop the fleet first so nothing is mid-flight, then the server (clean shutdown flushes).
     drop(_sim);

@@ -33,7 +33,10 @@ async fn openapi_document_matches_the_router() {
     );
     // Each route exists (not 404/405) and refuses callers without a token.
     for (method, path) in ROUTES {
-        let concrete = path.replace("{rig}", "rig-x").replace("{id}", "x");
+        let concrete = path
+            .replace("{rig}", "rig-x")
+            .replace("{id}", "x")
+            .replace("{name}", "x");
         let body = (*method != "get").then_some("{}");
         let (status, text) = http(ts.addr(), &method.to_uppercase(), &concrete, None, body).await;
         assert_eq!(status, 401, "{method} {path}: {text}");

@@ -429,3 +429,35 @@ async fn many_bad_handshakes_do_not_stop_good_agents() {
     assert!(line.ends_with(&format!(" {attempts}")), "{line}");
     ts.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rig_gets_the_default_profile_on_connect() {
+    for ts in servers().await {
+        let profile = r#"{"is_default": true, "config": {"algorithm":"scrypt","pools":[{"url":"stratum+tcp://127.0.0.1:3334","user":"w","password":"x"}],"devices":[]}}"#;
+        let (status, body) = ts.send("PUT", "/api/v1/profiles/litecoin", profile).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _) = ts
+            .send(
+                "PUT",
+                "/api/v1/profiles/bad",
+                r#"{"config":{"algorithm":"sha256d","pools":[],"devices":[]}}"#,
+            )
+            .await;
+        assert_eq!(status, 400);
+        let token = ts.enroll_token(r#"{}"#).await;
+        let agent = FakeAgent::enroll(ts.addr(), &token, 1).await;
+        let mut ws = agent.connect(ts.addr()).await.unwrap();
+        let order = loop {
+            match recv(&mut ws).await {
+                Some(ServerMessage::SetConfig(o)) => break o,
+                Some(_) => continue,
+                None => panic!("no set_config from the default profile"),
+            }
+        };
+        let cfg: rigfleet_proto::config::DesiredConfig =
+            serde_json::from_str(&order.payload).unwrap();
+        assert_eq!(cfg.algorithm, "scrypt");
+        assert_eq!(cfg.version, 1);
+        ts.finish().await;
+    }
+}
