@@ -13,6 +13,8 @@ pub mod app;
 #[cfg(feature = "hub")]
 pub mod config;
 #[cfg(feature = "hub")]
+pub mod demo;
+#[cfg(feature = "hub")]
 pub mod enroll;
 #[cfg(feature = "hub")]
 pub mod files;

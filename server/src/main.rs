@@ -66,6 +66,8 @@ struct CommonArgs {
 enum Command {
     /// Serve the fleet (the default).
     Serve,
+    /// A whole fleet on this machine: the server, two test pools and three mining agents.
+    Demo(rigfleet_server::demo::DemoArgs),
     /// Enrollment tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -152,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(&cli.common.overrides())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Demo(args) => rigfleet_server::demo::run(args).await,
         Command::Token(TokenCommand::Create {
             max_uses,
             expires_in_hours,
