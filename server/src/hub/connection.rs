@@ -111,6 +111,8 @@ struct Session {
     agent_uid: String,
     /// (database id, public id) of every rig on this link.
     rigs: Vec<(i64, RigId)>,
+    /// When the link last received a frame (the hub reads it to tell clones from dead links).
+    last_frame_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Session {
@@ -258,12 +260,21 @@ async fn handshake(
     let rigs = check_rigs(&agent, &hello)?;
     let conn_id = hub.next_conn_id();
     let rig_ids: Vec<i64> = rigs.iter().map(|(id, _)| *id).collect();
-    let replaced = hub.register_link(conn_id, &agent.agent_uid, &rig_ids, out.clone());
+    let last_frame_ms = Arc::new(std::sync::atomic::AtomicI64::new(crate::now_ms()));
+    let replaced = hub.register_link(
+        conn_id,
+        &agent.agent_uid,
+        &rig_ids,
+        out.clone(),
+        last_frame_ms.clone(),
+    );
     for rig in replaced {
         let reason = "two connections presented the same agent identity (cloned disk image?)";
         if let Err(error) = hub.store.flag_rig(rig, reason).await {
             tracing::warn!(%error, "Could not flag a rig");
         }
+        hub.live
+            .update(rig, |l| l.flagged = Some(reason.to_string()));
         hub.event(
             Some(rig),
             "warning",
@@ -283,6 +294,7 @@ async fn handshake(
         conn_id,
         agent_uid: agent.agent_uid.clone(),
         rigs,
+        last_frame_ms,
     };
     after_welcome(hub, &agent, &hello, &session).await;
     tracing::info!(agent = %session.agent_uid, %peer, rigs = session.rigs.len(), "Agent connected");
@@ -468,9 +480,14 @@ async fn serve(
                         if bad_frames > MAX_BAD_FRAMES { return; }
                         continue;
                     }
-                    Some(Ok(_)) => { last_frame = Instant::now(); continue; }
+                    Some(Ok(_)) => {
+                        last_frame = Instant::now();
+                        session.last_frame_ms.store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                 };
                 last_frame = Instant::now();
+                session.last_frame_ms.store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
                 hub.metrics.ws_frames_in.inc();
                 let _ = frames.try_take(Instant::now());
                 match rigfleet_proto::decode_agent(text.as_str()) {

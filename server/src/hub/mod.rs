@@ -43,7 +43,13 @@ struct Link {
     conn_id: u64,
     agent_uid: String,
     tx: mpsc::Sender<Outbound>,
+    /// When the link last received a frame (Unix ms), shared with its task.
+    last_frame_ms: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// A replaced link that was this recent is a second live agent with the same identity rather
+/// than a dead connection the server had not noticed yet (agents ping every 15 s).
+pub const DUPLICATE_ACTIVE_WITHIN_MS: i64 = 20_000;
 
 /// Why an order could not be made or sent.
 #[derive(Debug, thiserror::Error)]
@@ -161,16 +167,19 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection for its rigs. Returns the agent uids of links it replaced (the
-    /// same identity connected twice: a cloned disk image, or a reconnect the server had not
-    /// noticed yet), whose tasks are told to close.
+    /// Registers a connection for its rigs; the links it replaces are told to close. Returns the
+    /// rigs whose replaced link was still active: the same identity connected twice at once (a
+    /// cloned disk image), as opposed to a reconnect after a connection the server had not yet
+    /// noticed was dead.
     pub(crate) fn register_link(
         &self,
         conn_id: u64,
         agent_uid: &str,
         rig_ids: &[i64],
         tx: mpsc::Sender<Outbound>,
+        last_frame_ms: Arc<std::sync::atomic::AtomicI64>,
     ) -> Vec<i64> {
+        let now = crate::now_ms();
         let mut replaced = Vec::new();
         let mut links = self.links();
         for &rig in rig_ids {
@@ -178,13 +187,17 @@ impl Hub {
                 conn_id,
                 agent_uid: agent_uid.to_string(),
                 tx: tx.clone(),
+                last_frame_ms: last_frame_ms.clone(),
             };
             if let Some(old) = links.insert(rig, link) {
                 if old.conn_id != conn_id {
                     let _ = old.tx.try_send(Outbound::Close(
                         "another connection took over this identity".into(),
                     ));
-                    replaced.push(rig);
+                    let seen = old.last_frame_ms.load(Ordering::Relaxed);
+                    if now - seen < DUPLICATE_ACTIVE_WITHIN_MS {
+                        replaced.push(rig);
+                    }
                 }
             }
         }

@@ -461,3 +461,42 @@ async fn a_new_rig_gets_the_default_profile_on_connect() {
         ts.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_agents_with_one_identity_flag_the_rig() {
+    let ts = start_on(
+        rigfleet_server::db::test_db::TestDb::sqlite()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token = ts.enroll_token(r#"{}"#).await;
+    let agent = FakeAgent::enroll(ts.addr(), &token, 1).await;
+    let rig = agent.rig_ids[0].clone();
+    let mut first = agent.connect(ts.addr()).await.unwrap();
+    send(
+        &mut first,
+        &telemetry(&rig, vec![sample(1, rigfleet_server::now_ms(), 1)]),
+    )
+    .await;
+    assert_eq!(next_ack(&mut first).await, 1);
+    // The clone of the disk image connects while the original is busy.
+    let _second = agent.connect(ts.addr()).await.unwrap();
+    assert!(recv(&mut first).await.is_none(), "the older link is closed");
+    let (_, detail) = ts.get(&format!("/api/v1/rigs/{rig}")).await;
+    let (_, events) = ts.get(&format!("/api/v1/events?rig={rig}")).await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "duplicate_identity"),
+        "{events}"
+    );
+    let (_, list) = ts.get("/api/v1/rigs").await;
+    assert!(
+        list["items"][0]["flagged"].is_string() || detail["summary"]["flagged"].is_string(),
+        "{detail}"
+    );
+    ts.finish().await;
+}
