@@ -256,3 +256,49 @@ async fn a_restart_rebuilds_the_fleet_from_the_database() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_tls_is_served_and_pinned() {
+    use rigfleet_stratum::transport::{tls_client_config, TlsOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = rigfleet_server::db::test_db::TestDb::sqlite()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), db.url.clone());
+    config.tls = rigfleet_server::config::TlsMode::SelfSigned;
+    let server = rigfleet_server::start(config).await.unwrap();
+    assert!(server.url.starts_with("https://"), "{}", server.url);
+    let fp = server.tls_fingerprint.clone().expect("fingerprint shown");
+    let pin = TlsOptions::parse_fingerprint(fp.trim_start_matches("sha256:")).unwrap();
+    let get = |pin: [u8; 32]| async move {
+        let cfg = tls_client_config(&TlsOptions {
+            pin_sha256: Some(pin),
+            ca_file: None,
+        })
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tls.read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<String, String>(out)
+    };
+    let ok = get(pin).await.unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let mut wrong = pin;
+    wrong[0] ^= 1;
+    assert!(
+        get(wrong).await.is_err(),
+        "a different certificate is refused"
+    );
+    server.stop().await;
+}
