@@ -1,12 +1,17 @@
-//! `rigfleet-agent`: the rig daemon (`run`), the engine benchmark (`bench`), the standalone
-//! miner (`mine`) and the test pool (`pool`).
+//! `rigfleet-agent`: the rig daemon (`run`), enrollment (`enroll`), the load generator
+//! (`simulate`), the engine benchmark (`bench`), the standalone miner (`mine`) and the test pool
+//! (`pool`).
 
 mod bench;
-// The daemon's building blocks run ahead of their wiring (server link, telemetry, queue).
-#[allow(dead_code)]
 mod daemon;
+mod enroll;
+#[cfg(test)]
+mod link_tests;
 mod mine;
 mod pool;
+mod simulate;
+#[cfg(test)]
+mod testkit;
 
 use std::process::ExitCode;
 
@@ -30,6 +35,10 @@ enum Command {
     Pool(pool::PoolArgs),
     /// Run the rig daemon.
     Run(daemon::run::RunArgs),
+    /// Register this rig with a server (once).
+    Enroll(enroll::EnrollArgs),
+    /// Run many simulated agents against a server (load test).
+    Simulate(simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +48,8 @@ fn main() -> ExitCode {
         Command::Mine(args) => mine::run(args),
         Command::Pool(args) => pool::run(args),
         Command::Run(args) => daemon::run::run(args),
+        Command::Enroll(args) => enroll::run(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -119,8 +119,28 @@ pub struct Identity {
     pub rig_ids: Vec<RigId>,
     /// The server enrolled with; the agent connects only there.
     pub server_url: String,
+    /// TLS trust given at enrollment (a CA file), so `run` needs no extra step; the local
+    /// config's `[server]` table overrides it.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Pinned server certificate (`sha256:<hex>`) given at enrollment.
+    pub tls_cert_fingerprint: Option<String>,
     server_key: VerifyingKey,
     key: SigningKey,
+}
+
+impl Clone for Identity {
+    /// The link's connect task signs with its own copy; a rollover replaces that copy.
+    fn clone(&self) -> Self {
+        Identity {
+            agent_id: self.agent_id.clone(),
+            rig_ids: self.rig_ids.clone(),
+            server_url: self.server_url.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_fingerprint: self.tls_cert_fingerprint.clone(),
+            server_key: self.server_key,
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -149,6 +169,12 @@ struct IdentityRecord {
     server_key_fingerprint: String,
     /// The agent's own public key (hex), for people matching it with the server's record.
     agent_public_key: String,
+    /// CA bundle trusted for the server's TLS certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_ca_file: Option<PathBuf>,
+    /// Pinned server certificate fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_cert_fingerprint: Option<String>,
 }
 
 /// Generates a fresh Ed25519 secret key from the operating system's random source.
@@ -259,12 +285,15 @@ impl Identity {
             agent_id,
             rig_ids,
             server_url,
+            tls_ca_file: None,
+            tls_cert_fingerprint: None,
             server_key,
             key,
         }
     }
 
     /// The agent's public key (sent at enrollment).
+    #[cfg(test)]
     pub fn public_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
@@ -275,6 +304,7 @@ impl Identity {
     }
 
     /// The pinned server key.
+    #[cfg(test)]
     pub fn server_key(&self) -> &VerifyingKey {
         &self.server_key
     }
@@ -352,6 +382,8 @@ impl Identity {
             server_public_key: rigfleet_engine::hex::encode(self.server_key.as_bytes()),
             server_key_fingerprint: self.server_key_fingerprint(),
             agent_public_key: self.public_key_hex(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_fingerprint: self.tls_cert_fingerprint.clone(),
         };
         let json =
             serde_json::to_vec_pretty(&record).expect("BUG: identity record always serialises");
@@ -405,6 +437,8 @@ impl Identity {
             agent_id: record.agent_id,
             rig_ids: record.rig_ids,
             server_url: record.server_url,
+            tls_ca_file: record.tls_ca_file,
+            tls_cert_fingerprint: record.tls_cert_fingerprint,
             server_key,
             key,
         })

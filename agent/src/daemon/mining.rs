@@ -244,6 +244,59 @@ impl MiningRuntime {
         })
     }
 
+    /// Restarts the miner and the pool client on the applied config (the `restart_mining`
+    /// command and the watchdog's first step); idle stays idle.
+    pub async fn restart(&mut self) -> Result<Change, ApplyError> {
+        let Some(config) = self.applied.clone() else {
+            return Ok(Change::Unchanged);
+        };
+        if let Some(old) = self.running.take() {
+            self.retire(old).await;
+        }
+        Ok(self.apply(&config).await?.change)
+    }
+
+    /// Moves mining to the pool at `index` of the applied config now, the others following as
+    /// failover, without restarting the miner. The applied config is unchanged, so the next
+    /// `set_config` (or a restart) goes back to the server's order.
+    pub async fn switch_pool(&mut self, index: usize) -> Result<(), ApplyError> {
+        let Some(config) = self.applied.clone() else {
+            return Err(ApplyError::BadPool {
+                index,
+                reason: "no config applied".into(),
+            });
+        };
+        if index >= config.pools.len() {
+            return Err(ApplyError::BadPool {
+                index,
+                reason: format!("the applied config has {} pools", config.pools.len()),
+            });
+        }
+        let mut reordered = config.clone();
+        let chosen = reordered.pools.remove(index);
+        reordered.pools.insert(0, chosen);
+        let plan = plan(&reordered, &self.bounds, &self.options)?;
+        let (Some((target, client_config)), Some(running)) = (plan.target, self.running.as_mut())
+        else {
+            return Err(ApplyError::BadPool {
+                index,
+                reason: "not mining".into(),
+            });
+        };
+        let old = running.switch_client(client_config, target.pools)?;
+        let stopped = old.stop().await;
+        self.carried = self.carried.plus(ShareTotals::of(&stopped));
+        Ok(())
+    }
+
+    /// Stops mining but keeps the applied config (the watchdog disabling a failing device: the
+    /// CPU is this runtime's only one). A later apply or restart starts it again.
+    pub async fn stop_mining(&mut self) {
+        if let Some(old) = self.running.take() {
+            self.retire(old).await;
+        }
+    }
+
     /// Figures for telemetry.
     pub fn snapshot(&self) -> MiningSnapshot {
         let client = self.running.as_ref().map(|r| r.client.handle.snapshot());

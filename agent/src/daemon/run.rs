@@ -3,9 +3,11 @@
 //! serves the cgminer-format local API, logs a status line every [`STATUS_EVERY`], and stops
 //! cleanly on SIGTERM or Ctrl-C with exit code 0.
 //!
-//! Not here yet: the server link (enrollment, handshake, `set_config`, commands, telemetry
-//! upload). A configured server URL is only logged as such; the agent does not pretend to talk
-//! to it.
+//! With an identity in the state folder (`rigfleet-agent enroll`) the online half runs too
+//! ([`super::online`]): the server link, telemetry into the on-disk queue and out in batches,
+//! signed orders, and the device watchdog's events. Without one the agent mines offline and says
+//! so. Under systemd it sends `READY=1` once running and `WATCHDOG=1` at half the unit's
+//! watchdog period.
 //!
 //! Order of start, so that every refusal happens before anything runs: config (a bad file ends
 //! the process with the line and key), state folder, local API bind (a taken port ends it too:
@@ -19,6 +21,7 @@
 //! tokio worker ever waits on the runtime, and API figures are at most a second old, finer than
 //! the 5 s rate the API reports.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +34,25 @@ use tokio::time::MissedTickBehavior;
 use super::cgminer_api::{ApiServer, ApiView, ViewSource};
 use super::config::{self, AgentConfig, Overrides};
 use super::desired;
-use super::identity::create_private_dir;
-use super::mining::{MiningRuntime, MiningSnapshot, RuntimeOptions};
+use super::identity::{create_private_dir, Identity, IdentityError, OrderCounters};
+use super::link::backoff::Jitter;
+use super::link::orders::PersistedCounters;
+use super::link::target::{LinkTls, ServerUrl};
+use super::link::{Link, LinkTimings};
+use super::mining::{MiningRuntime, MiningSnapshot, RuntimeOptions, CPU_DEVICE_ID};
+use super::online::{Online, OnlineParts};
+use super::queue::{QueueOptions, TelemetryQueue};
+use super::sampler::Sampler;
+use super::sd_notify::{self, Notifier};
+use super::telemetry::host::HostSample;
+use super::telemetry::SysRoot;
+use super::watchdog::{Action, Watchdog, WatchdogPolicy};
 use crate::mine::{format_rate, init_tracing, shutdown_signal};
+
+/// The telemetry queue's folder inside the state folder.
+pub const QUEUE_DIR: &str = "telemetry-queue";
+/// How often the watchdog looks at the devices.
+pub const WATCHDOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Time between two status lines in the log.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -52,7 +71,7 @@ pub struct RunArgs {
     /// Address of the cgminer-format local API, or `off`.
     #[arg(long, value_name = "ADDR|off")]
     api_listen: Option<String>,
-    /// The server's URL (the link to it comes in a later version).
+    /// The server's URL; the identity from `enroll` names it already, and wins when they differ.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
 }
@@ -80,12 +99,54 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon(config))
+    runtime.block_on(daemon(config, DaemonOptions::default(), shutdown_signal()))
 }
 
-async fn daemon(config: AgentConfig) -> Result<()> {
+/// Knobs of the daemon that are not user settings (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Link time limits.
+    pub timings: LinkTimings,
+    /// Where sensors are read.
+    pub sys_root: SysRoot,
+    /// The telemetry queue's tuning.
+    pub queue: QueueOptions,
+    /// Fixed telemetry interval instead of the server's.
+    pub telemetry_every: Option<Duration>,
+    /// Watchdog thresholds (its reboot step follows the local opt-in).
+    pub watchdog: WatchdogPolicy,
+    /// How often the watchdog looks.
+    pub watchdog_every: Duration,
+    /// Mining options.
+    pub runtime: RuntimeOptions,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            timings: LinkTimings::default(),
+            sys_root: SysRoot::system(),
+            queue: QueueOptions::default(),
+            telemetry_every: None,
+            watchdog: WatchdogPolicy::default(),
+            watchdog_every: WATCHDOG_EVERY,
+            runtime: RuntimeOptions::default(),
+        }
+    }
+}
+
+/// The daemon until `shutdown` completes.
+pub async fn daemon(
+    config: AgentConfig,
+    options: DaemonOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let started = Instant::now();
-    let mut mining = MiningRuntime::new(config.safety.clone(), RuntimeOptions::default());
+    // Polled once now so that the signal handlers exist from the start: a SIGTERM while the
+    // rest starts up then stops the daemon cleanly instead of killing it.
+    tokio::pin!(shutdown);
+    let mut stop_requested = futures_util::FutureExt::now_or_never(shutdown.as_mut()).is_some();
+    let mut mining = MiningRuntime::new(config.safety.clone(), options.runtime.clone());
 
     let (snapshots, latest) = watch::channel(mining.snapshot());
     let view: ViewSource = Arc::new(move || {
@@ -101,34 +162,85 @@ async fn daemon(config: AgentConfig) -> Result<()> {
         None => tracing::info!("Local API off"),
     }
 
-    if let Some(url) = &config.link.url {
-        tracing::info!(
-            server = %url,
-            "The server link comes in a later version of the agent; running offline"
-        );
-    }
-
     apply_persisted(&mut mining, &config.state_dir).await;
     snapshots.send_replace(mining.snapshot());
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut online = start_online(&config, &options);
+    let mut sampler = Sampler::new(options.sys_root.clone());
+    let mut watchdog = Watchdog::new(WatchdogPolicy {
+        reboot: options.watchdog.reboot
+            || (config.opt_in.watchdog_reboot && config.opt_in.reboot_command.is_some()),
+        ..options.watchdog
+    });
+
+    let notifier = Notifier::from_env();
+    if let Some(n) = &notifier {
+        if let Err(error) = n.notify("READY=1") {
+            tracing::warn!(%error, "Cannot notify systemd");
+        }
+    }
+    let sd_every = notifier
+        .as_ref()
+        .and_then(|_| sd_notify::watchdog_interval())
+        .unwrap_or(Duration::from_secs(3600));
+    let mut sd_tick = tokio::time::interval(sd_every);
+
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Both intervals tick at once; the first status line would only say "starting".
     status.tick().await;
-    loop {
+    let mut dog = tokio::time::interval(options.watchdog_every);
+    dog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let interval_of = |online: &Option<Online>, mining: &MiningRuntime| {
+        options
+            .telemetry_every
+            .or_else(|| online.as_ref().map(|o| o.interval(mining)))
+            .unwrap_or(STATUS_EVERY)
+    };
+    let mut telemetry_every = interval_of(&online, &mining);
+    let mut telemetry = tokio::time::interval(telemetry_every);
+    telemetry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    while !stop_requested {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => stop_requested = true,
             _ = publish.tick() => {
                 snapshots.send_replace(mining.snapshot());
             }
-            _ = status.tick() => log_status(&mining.snapshot()),
+            _ = status.tick() => log_status(&mining.snapshot(), online.as_ref()),
+            _ = telemetry.tick(), if online.is_some() => {
+                if let Some(o) = online.as_mut() {
+                    o.sample(&mining, &mut sampler).await;
+                }
+            }
+            _ = dog.tick() => watch_devices(&mut mining, &mut watchdog, online.as_mut(), &config).await,
+            _ = sd_tick.tick(), if notifier.is_some() => {
+                if let Some(n) = &notifier {
+                    let _ = n.notify("WATCHDOG=1");
+                }
+            }
+            input = next_online(&mut online) => {
+                if let Some(o) = online.as_mut() {
+                    o.handle(input, &mut mining, &mut watchdog).await;
+                }
+            }
+        }
+        let every = interval_of(&online, &mining);
+        if every != telemetry_every {
+            tracing::info!(secs = every.as_secs_f64(), "Telemetry interval changed");
+            telemetry_every = every;
+            telemetry = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            telemetry.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
     }
 
+    if let Some(n) = &notifier {
+        let _ = n.notify("STOPPING=1");
+    }
+    if let Some(o) = online.as_mut() {
+        o.shutdown().await;
+    }
     if let Some(api) = api {
         api.stop();
     }
@@ -182,8 +294,181 @@ async fn apply_persisted(mining: &mut MiningRuntime, state_dir: &Path) {
     }
 }
 
+/// The online half's next input, or never when offline.
+async fn next_online(online: &mut Option<Online>) -> super::online::Input {
+    match online.as_mut() {
+        Some(o) => o.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Builds the online half when the state folder holds an identity; otherwise (or when anything
+/// it needs fails) the agent runs offline and says why.
+fn start_online(config: &AgentConfig, options: &DaemonOptions) -> Option<Online> {
+    let identity = match Identity::load(&config.state_dir) {
+        Ok(id) => id,
+        Err(IdentityError::NotEnrolled { dir }) => {
+            tracing::info!(
+                state_dir = %dir.display(),
+                "Not enrolled (run `rigfleet-agent enroll --server URL --token TOKEN`); running offline"
+            );
+            return None;
+        }
+        Err(error) => {
+            tracing::error!(%error, "Cannot load the identity; running offline");
+            return None;
+        }
+    };
+    if let Some(url) = &config.link.url {
+        if url.trim() != identity.server_url {
+            tracing::warn!(
+                configured = %url,
+                enrolled = %identity.server_url,
+                "The configured server differs from the one this agent enrolled with; using the enrolled one"
+            );
+        }
+    }
+    let offline = |what: &str, error: &dyn std::fmt::Display| {
+        tracing::error!(%error, "{what}; running offline");
+    };
+    let url = match ServerUrl::parse(&identity.server_url) {
+        Ok(u) => u,
+        Err(e) => {
+            offline("The enrolled server URL is not usable", &e);
+            return None;
+        }
+    };
+    if !url.tls && !url.is_loopback() {
+        tracing::warn!(server = %identity.server_url, "The server link is plain text (http); use https outside a test bench");
+    }
+    let tls = LinkTls {
+        ca_file: config
+            .link
+            .ca_file
+            .clone()
+            .or_else(|| identity.tls_ca_file.clone()),
+        cert_fingerprint: config
+            .link
+            .cert_fingerprint
+            .clone()
+            .or_else(|| identity.tls_cert_fingerprint.clone()),
+    };
+    let tls = match tls.client_config(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            offline("TLS settings for the server", &e);
+            return None;
+        }
+    };
+    let counters = match OrderCounters::load(&config.state_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            offline("Cannot read the order counters", &e);
+            return None;
+        }
+    };
+    let queue = match TelemetryQueue::open(&config.state_dir.join(QUEUE_DIR), options.queue) {
+        Ok(q) => q,
+        Err(e) => {
+            offline("Cannot open the telemetry queue", &e);
+            return None;
+        }
+    };
+    let host = HostSample::read(&options.sys_root);
+    tracing::info!(
+        agent = %identity.agent_id,
+        server = %identity.server_url,
+        server_key = %identity.server_key_fingerprint(),
+        unacked = queue.len(),
+        "Enrolled; connecting to the server"
+    );
+    let online = Online::new(OnlineParts {
+        link: Link::new(url, tls, options.timings, Jitter::from_os()),
+        identity,
+        state_dir: config.state_dir.clone(),
+        counters: PersistedCounters {
+            counters,
+            dir: config.state_dir.clone(),
+        },
+        queue,
+        opt_in: config.opt_in.clone(),
+        hostname: host.hostname.unwrap_or_else(|| "rig".into()),
+        devices: vec![crate::enroll::cpu_device(host.cpu_model.as_deref())],
+    });
+    if online.is_none() {
+        tracing::error!("The identity names no rig; running offline (enroll again with --force)");
+    }
+    online
+}
+
+/// One watchdog look at the CPU device; each step is logged and reported.
+async fn watch_devices(
+    mining: &mut MiningRuntime,
+    watchdog: &mut Watchdog,
+    online: Option<&mut Online>,
+    config: &AgentConfig,
+) {
+    use rigfleet_proto::agent_to_server::Severity;
+    use rigfleet_stratum::client::PoolState;
+    let snap = mining.snapshot();
+    let should_mine = snap.algorithm.is_some()
+        && snap
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.state == PoolState::Mining);
+    let rate = snap.miner.as_ref().map_or(0.0, |m| m.rates.avg_1m_hps);
+    let Some(action) =
+        watchdog.observe(CPU_DEVICE_ID, should_mine, rate, std::time::Instant::now())
+    else {
+        return;
+    };
+    let (severity, kind, message) = match &action {
+        Action::Restart { device, n } => {
+            let result = mining.restart().await;
+            (
+                Severity::Warning,
+                "device_restarted",
+                format!("device {device} had no hash rate; restarted (restart {n}): {result:?}"),
+            )
+        }
+        Action::Disable { device } => {
+            mining.stop_mining().await;
+            (
+                Severity::Error,
+                "device_disabled",
+                format!("device {device} still had no hash rate after restarts; disabled until the next config"),
+            )
+        }
+        Action::Reboot { device } => {
+            let argv = config.opt_in.reboot_command.clone().unwrap_or_default();
+            let (ok, out) = if argv.is_empty() {
+                (false, "no reboot command".to_string())
+            } else {
+                super::commands::run_job(&super::commands::Job::Reboot(argv))
+            };
+            (
+                Severity::Error,
+                "rig_reboot",
+                format!("device {device} did not recover; rebooting by local policy: {ok} {out}"),
+            )
+        }
+    };
+    tracing::warn!(%kind, %message, "Watchdog");
+    if let Some(o) = online {
+        o.event(severity, kind, message).await;
+    }
+}
+
 /// One status line: hash rates, shares, pool (as `mine` prints it, through tracing).
-fn log_status(snap: &MiningSnapshot) {
+fn log_status(snap: &MiningSnapshot, online: Option<&Online>) {
+    if let Some(o) = online {
+        tracing::info!(
+            connected = o.is_connected(),
+            unacked = o.queue().len(),
+            acked_seq = o.queue().acked_seq(),
+            "Server link"
+        );
+    }
     let Some(algorithm) = snap.algorithm else {
         tracing::info!(config_version = ?snap.version, "Idle");
         return;
