@@ -9,7 +9,7 @@ use super::rigs::tests::one_rig;
 use super::rollup::{HOUR_MS, MINUTE_MS};
 use super::telemetry::tests::sample;
 use super::telemetry::RigSamples;
-use super::test_db::{test_backends, TestDb};
+use super::test_db::test_backends;
 use super::{dispatch, Store};
 
 const T0: i64 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
@@ -63,9 +63,23 @@ async fn insert_rollups(s: &Store, table: &str, rows: &[(i64, i64, i64, Vec<u8>)
     }
 }
 
-/// Fills `rigs` 8-device rigs with the steady state of the default retention (2,160 raw
-/// samples, 10,080 minutes, 17,520 hours each), rigs interleaved in time order as the writer
-/// and the rollup job would insert them, and prints bytes per rig.
+/// Bytes of the three telemetry tables (PostgreSQL: heap, TOAST and indexes).
+async fn telemetry_bytes(s: &Store) -> u64 {
+    match s.kind() {
+        super::DbKind::Sqlite => s.db_size_bytes().await.unwrap(),
+        super::DbKind::Postgres => {
+            let v: i64 = dispatch!(s, p => sqlx::query_scalar(
+                "SELECT (pg_total_relation_size('telemetry_raw') + pg_total_relation_size('telemetry_1m')
+                         + pg_total_relation_size('telemetry_1h'))::BIGINT")
+                .fetch_one(p).await.unwrap());
+            v as u64
+        }
+    }
+}
+
+/// Fills `RIGS` (default 10) 8-device rigs with the steady state of the default retention
+/// (2,160 raw samples, 10,080 minutes, 17,520 hours each), rigs interleaved in time order as
+/// the writer and the rollup job would insert them, and prints bytes per rig.
 #[tokio::test]
 #[ignore = "measurement; prints numbers"]
 async fn steady_state_size_per_rig() {
@@ -73,75 +87,77 @@ async fn steady_state_size_per_rig() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let db = TestDb::sqlite().await.unwrap();
-    let s = &db.store;
-    let empty = s.db_size_bytes().await.unwrap();
-    let mut rigs = Vec::new();
-    for i in 0..n_rigs {
-        rigs.push(one_rig(s, &format!("rig{i}"), 8).await);
-    }
-    // Hours first (oldest), then minutes, then raw: the order time would have produced.
-    for (table, count, step, per) in [
-        ("telemetry_1h", 17_520, HOUR_MS, 360),
-        ("telemetry_1m", 10_080, MINUTE_MS, 6),
-    ] {
-        let start = T0 - count as i64 * step;
-        let mut rows = Vec::new();
-        for i in 0..count as u64 {
-            for &rig in &rigs {
-                rows.push((
-                    rig,
-                    start + i as i64 * step,
-                    per as i64,
-                    bucket(per, i + rig as u64),
-                ));
-            }
+    for db in test_backends().await {
+        let s = &db.store;
+        let empty = telemetry_bytes(s).await;
+        let mut rigs = Vec::new();
+        for i in 0..n_rigs {
+            rigs.push(one_rig(s, &format!("rig{i}"), 8).await);
         }
-        insert_rollups(s, table, &rows).await;
-    }
-    let mut slots = HashMap::new();
-    for &rig in &rigs {
-        slots.insert(rig, s.device_slots(rig).await.unwrap());
-    }
-    let samples: Vec<Vec<_>> = (0..2160u64)
-        .map(|i| {
-            (0..n_rigs)
-                .map(|r| {
-                    let mut x = sample(i + 1, T0 + i as i64 * 10_000, 8, 3 * i + r as u64);
-                    for (d, dev) in x.devices.iter_mut().enumerate() {
-                        let w = ((i * 31 + d as u64 * 17) % 100) as f64 / 100.0;
-                        dev.hashrate_5s_hps = 7.6e7 * (1.0 + w / 30.0);
-                        dev.temperature_celsius = Some(60.0 + w as f32 * 8.0);
-                        dev.power_watts = Some(120.0 + w as f32 * 9.0);
-                    }
-                    x
-                })
-                .collect()
-        })
-        .collect();
-    for chunk in samples.chunks(10) {
-        let batch: Vec<RigSamples<'_>> = rigs
-            .iter()
-            .enumerate()
-            .map(|(r, &rig_id)| RigSamples {
-                rig_id,
-                samples: chunk.iter().map(|per_rig| &per_rig[r]).collect(),
+        // Hours first (oldest), then minutes, then raw: the order time would have produced.
+        for (table, count, step, per) in [
+            ("telemetry_1h", 17_520, HOUR_MS, 360),
+            ("telemetry_1m", 10_080, MINUTE_MS, 6),
+        ] {
+            let start = T0 - count as i64 * step;
+            let mut rows = Vec::new();
+            for i in 0..count as u64 {
+                for &rig in &rigs {
+                    rows.push((
+                        rig,
+                        start + i as i64 * step,
+                        per as i64,
+                        bucket(per, i + rig as u64),
+                    ));
+                }
+            }
+            insert_rollups(s, table, &rows).await;
+        }
+        let mut slots = HashMap::new();
+        for &rig in &rigs {
+            slots.insert(rig, s.device_slots(rig).await.unwrap());
+        }
+        let samples: Vec<Vec<_>> = (0..2160u64)
+            .map(|i| {
+                (0..n_rigs)
+                    .map(|r| {
+                        let mut x = sample(i + 1, T0 + i as i64 * 10_000, 8, 3 * i + r as u64);
+                        for (d, dev) in x.devices.iter_mut().enumerate() {
+                            let w = ((i * 31 + d as u64 * 17) % 100) as f64 / 100.0;
+                            dev.hashrate_5s_hps = 7.6e7 * (1.0 + w / 30.0);
+                            dev.temperature_celsius = Some(60.0 + w as f32 * 8.0);
+                            dev.power_watts = Some(120.0 + w as f32 * 9.0);
+                        }
+                        x
+                    })
+                    .collect()
             })
             .collect();
-        s.write_samples(&batch, &mut slots, 0).await.unwrap();
+        for chunk in samples.chunks(10) {
+            let batch: Vec<RigSamples<'_>> = rigs
+                .iter()
+                .enumerate()
+                .map(|(r, &rig_id)| RigSamples {
+                    rig_id,
+                    samples: chunk.iter().map(|per_rig| &per_rig[r]).collect(),
+                })
+                .collect();
+            s.write_samples(&batch, &mut slots, 0).await.unwrap();
+        }
+        let full = telemetry_bytes(s).await;
+        dispatch!(s, p => { sqlx::query("VACUUM").execute(p).await.unwrap(); });
+        let vacuumed = telemetry_bytes(s).await;
+        let per = |b: u64| b.saturating_sub(empty) as f64 / n_rigs as f64;
+        println!(
+            "SIZE {:?}: {n_rigs} rigs x 8 devices, 2160 raw + 10080 1m + 17520 1h rows each: {:.0} bytes/rig as inserted ({:.2} MB), {:.0} bytes/rig after VACUUM ({:.2} MB)",
+            s.kind(),
+            per(full),
+            per(full) / 1e6,
+            per(vacuumed),
+            per(vacuumed) / 1e6
+        );
+        db.cleanup().await;
     }
-    let full = s.db_size_bytes().await.unwrap();
-    dispatch!(s, p => { sqlx::query("VACUUM").execute(p).await.unwrap(); });
-    let vacuumed = s.db_size_bytes().await.unwrap();
-    let per = |b: u64| (b - empty) as f64 / n_rigs as f64;
-    println!(
-        "SIZE sqlite: {n_rigs} rigs x 8 devices, 2160 raw + 10080 1m + 17520 1h rows each: {:.0} bytes/rig as inserted ({:.2} MB), {:.0} bytes/rig after VACUUM ({:.2} MB); empty db {empty} bytes",
-        per(full),
-        per(full) / 1e6,
-        per(vacuumed),
-        per(vacuumed) / 1e6
-    );
-    db.cleanup().await;
 }
 
 /// 1,000 rigs x 8 devices, one sample each per 10 s: times batches of 1,000 samples (one

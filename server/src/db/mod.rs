@@ -161,6 +161,11 @@ impl Store {
 
     /// Opens (creating when missing) and migrates the SQLite file at `path`.
     pub async fn open_sqlite_file(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Invalid(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
         Self::open_sqlite(SqliteConnectOptions::new().filename(path)).await
     }
 
@@ -262,6 +267,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((a, b, c.as_str()), (7, 10, "x"));
+        db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_opens_by_url_or_path_and_creates_the_file() {
+        let db = test_db::TestDb::sqlite().await.unwrap();
+        let dir = db.sqlite_path().unwrap().parent().unwrap().to_path_buf();
+        let by_url = Store::open(&format!("sqlite:{}?mode=rwc", dir.join("u.db").display()))
+            .await
+            .unwrap();
+        by_url.set_setting("k", "v").await.unwrap();
+        by_url.close().await;
+        let nested = dir.join("data").join("x.db");
+        let by_path = Store::open_sqlite_file(&nested).await.unwrap();
+        assert_eq!(by_path.kind(), DbKind::Sqlite);
+        assert!(nested.exists());
+        by_path.close().await;
+        let again = Store::open(&format!("sqlite://{}", dir.join("u.db").display()))
+            .await
+            .unwrap();
+        assert_eq!(again.get_setting("k").await.unwrap().as_deref(), Some("v"));
+        again.close().await;
         db.cleanup().await;
     }
 

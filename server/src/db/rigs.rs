@@ -17,6 +17,10 @@ const RIG_COLS: &str = "r.id, r.rig_uid, r.agent_id, r.name, r.group_name, r.pen
 const DEVICE_COLS: &str =
     "id, rig_id, device_uid, slot, kind, model, algorithms, first_seen_ms, last_seen_ms";
 
+/// Taken before assigning slots: on PostgreSQL two transactions adding devices to one rig
+/// would otherwise compute the same next slot (SQLite serialises writers anyway).
+pub(crate) const LOCK_RIG_SQL: &str = "UPDATE rigs SET order_counter = order_counter WHERE id = $1";
+
 /// Inserts a device with the next free slot of its rig, or refreshes it. Slots are never
 /// reassigned, so history keeps pointing at the right device.
 pub(crate) const UPSERT_DEVICE_SQL: &str =
@@ -421,6 +425,10 @@ impl Store {
     ) -> Result<Vec<DeviceRow>, StoreError> {
         dispatch!(self, p => {
             let mut tx = p.begin_with(p.write_begin()).await?;
+            let n = sqlx::query(LOCK_RIG_SQL).bind(rig_id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
             for d in devices {
                 sqlx::query(UPSERT_DEVICE_SQL)
                     .bind(rig_id).bind(d.device_id.as_str()).bind(&d.kind).bind(&d.model)
@@ -519,6 +527,18 @@ pub(crate) mod tests {
                 (rigs[1].group.as_deref(), rigs[1].pending_approval),
                 (Some("lan"), true)
             );
+            s.approve_rig(rigs[1].id).await.unwrap();
+            assert!(
+                !s.rig_by_id(rigs[1].id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .pending_approval
+            );
+            assert!(matches!(
+                s.approve_rig(9999).await,
+                Err(StoreError::NotFound)
+            ));
             let devs = s.list_devices(rigs[0].id).await.unwrap();
             assert_eq!(
                 devs.iter()

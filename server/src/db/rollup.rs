@@ -6,7 +6,8 @@
 //! recomputed minute marks its hour in `rollup_pending_hour`, and hours are rebuilt from their
 //! minutes. A bucket's share counts are deltas of the cumulative counters, starting from the
 //! last sample before the bucket; a counter that went down (agent restart, new config) counts
-//! from zero.
+//! from zero. A sample later than the raw retention lands in a minute whose raw rows are gone:
+//! it is merged into the stored bucket (weighted) instead of replacing it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -245,7 +246,7 @@ pub async fn run_rollups(store: &Store, now_ms: i64) -> Result<RollupStats, Stor
 }
 
 /// Deletes what is older than the retention of each resolution, rig by rig (each delete is a
-/// range of the primary key).
+/// range of the primary key). Raw rows go by whole minutes.
 pub async fn prune(
     store: &Store,
     now_ms: i64,
@@ -254,10 +255,13 @@ pub async fn prune(
     let rigs: Vec<i64> =
         dispatch!(store, p => sqlx::query_scalar("SELECT id FROM rigs").fetch_all(p).await?);
     let mut stats = PruneStats::default();
+    // Whole minutes only: a minute's raw rows are either all kept or all gone, which is how
+    // the rollup job tells a late sample in a pruned minute from a complete minute.
+    let raw_cutoff = (now_ms - retention.raw_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
     for rig in rigs {
         dispatch!(store, p => {
             stats.raw += sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2")
-                .bind(rig).bind(now_ms - retention.raw_ms).execute(p).await?.rows_affected();
+                .bind(rig).bind(raw_cutoff).execute(p).await?.rows_affected();
             stats.minute += sqlx::query("DELETE FROM telemetry_1m WHERE rig_id = $1 AND ts_ms < $2")
                 .bind(rig).bind(now_ms - retention.minute_ms).execute(p).await?.rows_affected();
             stats.hour += sqlx::query("DELETE FROM telemetry_1h WHERE rig_id = $1 AND ts_ms < $2")
@@ -313,8 +317,24 @@ impl Store {
                 }
                 let base = base.map(|b| decode_raw(&b)).transpose().map_err(corrupt)?;
                 let recs = blobs.iter().map(|b| decode_raw(b)).collect::<Result<Vec<_>, _>>().map_err(corrupt)?;
-                let devices = aggregate_raw(base.as_ref(), &recs);
-                let samples = i64::try_from(recs.len()).unwrap_or(i64::MAX);
+                let mut devices = aggregate_raw(base.as_ref(), &recs);
+                let mut samples = i64::try_from(recs.len()).unwrap_or(i64::MAX);
+                let existing = sqlx::query("SELECT samples, data FROM telemetry_1m WHERE rig_id = $1 AND ts_ms = $2")
+                    .bind(rig).bind(minute).fetch_optional(&mut *tx).await?;
+                if let Some(row) = existing {
+                    let had = row.i64("samples")?;
+                    // Fewer raw rows than the bucket counted: retention already removed this
+                    // minute's raw rows (prune cuts at minute boundaries), so what is left arrived
+                    // later than the raw retention. Merge it into the bucket instead of replacing
+                    // the bucket, and drop those rows so they are never merged twice.
+                    if had > samples {
+                        let old = decode_rollup(&row.bytes("data")?).map_err(corrupt)?;
+                        devices = merge_buckets(&[old, devices]);
+                        samples = samples.saturating_add(had);
+                        sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3")
+                            .bind(rig).bind(minute).bind(minute + MINUTE_MS).execute(&mut *tx).await?;
+                    }
+                }
                 sqlx::query(
                     "INSERT INTO telemetry_1m (rig_id, ts_ms, samples, data) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (rig_id, ts_ms) DO UPDATE SET samples = excluded.samples, data = excluded.data",
@@ -488,6 +508,46 @@ mod tests {
             let hours = s.history(rig, T0, T0 + 30 * 24 * HOUR_MS).await.unwrap();
             assert_eq!((hours.points.len(), hours.points[0].accepted), (1, 40));
             assert_eq!(m.points[0].devices[0].hashrate_hps, 1000.0);
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn samples_later_than_raw_retention_merge_into_their_minute() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            write(
+                s,
+                rig,
+                &[
+                    sample(1, T0, 1, 0),
+                    sample(2, T0 + 10_000, 1, 10),
+                    sample(4, T0 + 30_000, 1, 30),
+                ],
+            )
+            .await;
+            run_rollups(s, T0 + 5 * 60_000).await.unwrap();
+            let now = T0 + 10 * HOUR_MS;
+            prune(s, now, &Retention::default()).await.unwrap();
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap().0, 0);
+            // seq 3 arrives 10 hours late, into a minute whose raw rows are gone.
+            write(s, rig, &[sample(3, T0 + 20_000, 1, 20)]).await;
+            run_rollups(s, now).await.unwrap();
+            let m = s.history(rig, T0, T0 + 7 * HOUR_MS).await.unwrap();
+            assert_eq!(m.points.len(), 1);
+            // The bucket keeps its 30 shares and now counts 4 samples (the late one's delta is
+            // unknown without its predecessor).
+            assert_eq!((m.points[0].accepted, m.points[0].devices.len()), (30, 1));
+            let h = s.history(rig, T0, T0 + 30 * 24 * HOUR_MS).await.unwrap();
+            assert_eq!(h.points[0].accepted, 30);
+            let samples: i64 = super::super::dispatch!(s, p => sqlx::query_scalar("SELECT samples FROM telemetry_1m WHERE rig_id = $1")
+                .bind(rig).fetch_one(p).await.unwrap());
+            assert_eq!(samples, 4);
+            // Running again does not merge the late sample twice.
+            write(s, rig, &[]).await;
+            run_rollups(s, now + HOUR_MS).await.unwrap();
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap().0, 0);
             db.cleanup().await;
         }
     }

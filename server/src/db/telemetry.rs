@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use rigfleet_proto::telemetry::{DeviceSample, Sample};
 
 use super::packed::{decode_raw, decode_rollup, encode_raw, RawDevice, RawRecord, RollupDevice};
-use super::rigs::UPSERT_DEVICE_SQL;
+use super::rigs::{LOCK_RIG_SQL, UPSERT_DEVICE_SQL};
 use super::rollup::{DeltaTracker, MINUTE_MS};
 use super::row::RowExt;
 use super::{
@@ -274,6 +274,9 @@ impl Store {
                         if known.is_some_and(|k| k.contains_key(id)) || fresh.contains_key(id) {
                             continue;
                         }
+                        if fresh.is_empty() {
+                            sqlx::query(LOCK_RIG_SQL).bind(rs.rig_id).execute(&mut *tx).await?;
+                        }
                         let slot: i16 = sqlx::query_scalar(UPSERT_DEVICE_SQL)
                             .bind(rs.rig_id).bind(id).bind("").bind("").bind("").bind(now_ms)
                             .fetch_one(&mut *tx).await?;
@@ -317,7 +320,9 @@ impl Store {
                 }
                 q.persistent(false).execute(&mut *tx).await?;
             }
-            // VALUES columns are called column1, column2… on both databases.
+            // VALUES columns are called column1, column2… on both databases. Rig order keeps
+            // row-lock order stable between concurrent writers.
+            marks.sort_unstable();
             for chunk in marks.chunks(INSERT_CHUNK) {
                 let values: Vec<String> = (0..chunk.len())
                     .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
@@ -562,6 +567,15 @@ pub(crate) mod tests {
             let rig = s.rig_by_id(a).await.unwrap().unwrap();
             assert_eq!(rig.last_seq, Some(3));
             assert!(rig.last_seen_ms.is_some());
+            // Removing a rig removes its telemetry (and rollup bookkeeping) with it.
+            super::super::run_rollups(s, 10_000_000).await.unwrap();
+            s.remove_rig(a).await.unwrap();
+            assert_eq!(s.raw_seq_stats(a).await.unwrap(), (0, None, None));
+            assert_eq!(
+                s.history(a, 0, 30 * 86_400_000).await.unwrap().points.len(),
+                0
+            );
+            assert_eq!(s.latest_samples().await.unwrap().len(), 1);
             db.cleanup().await;
         }
     }

@@ -187,6 +187,14 @@ pub async fn test_backends() -> Vec<TestDb> {
     out
 }
 
+/// Runs SQL that only tests need (fault injection); panics on failure.
+#[cfg(test)]
+pub(crate) async fn exec(store: &Store, sql: &str) {
+    super::dispatch!(store, p => {
+        p.execute(sql).await.unwrap();
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,12 +233,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Runs SQL that only tests need (fault injection); panics on failure.
-#[cfg(test)]
-pub(crate) async fn exec(store: &Store, sql: &str) {
-    super::dispatch!(store, p => {
-        p.execute(sql).await.unwrap();
-    })
 }

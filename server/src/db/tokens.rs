@@ -228,7 +228,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn single_use_token_is_consumed_once_under_concurrency() {
         for db in test_backends().await {
             let s = &db.store;

@@ -27,7 +27,7 @@ impl Default for WriterOptions {
         WriterOptions {
             max_batch_samples: 2000,
             flush_interval: Duration::from_secs(1),
-            queue_capacity: 4096,
+            queue_capacity: 512,
         }
     }
 }
