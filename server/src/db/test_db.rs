@@ -159,7 +159,7 @@ impl Drop for TestDb {
 }
 
 /// SQLite always; PostgreSQL when reachable (`RIGFLEET_TEST_PG_URL` overrides the admin URL),
-/// otherwise a loud line on stderr says it was skipped.
+/// otherwise a loud line on stderr says it was skipped (a panic when `RIGFLEET_REQUIRE_PG` is set).
 pub async fn test_backends() -> Vec<TestDb> {
     let mut out = Vec::new();
     match TestDb::sqlite().await {
@@ -179,6 +179,10 @@ pub async fn test_backends() -> Vec<TestDb> {
             }
             Err(e) => errors.push(format!("{url}: {e}")),
         }
+    }
+    // CI sets this after making sure PostgreSQL runs: there the PostgreSQL half must not vanish.
+    if std::env::var_os("RIGFLEET_REQUIRE_PG").is_some() {
+        panic!("RIGFLEET_REQUIRE_PG is set but no PostgreSQL is reachable: {}", errors.join("; "));
     }
     eprintln!(
         "\n!!!!!!!! SKIPPING PostgreSQL: no server reachable ({}) !!!!!!!!\n",
