@@ -83,7 +83,9 @@ fn start_pool(agent: &Path, algo: &str, logs: &Path) -> Result<(Child2, String)>
         .args(["pool", "--listen", "127.0.0.1:0", "--algo", algo])
         .args(["--stats-interval-secs", "60"])
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(logs.join(format!("pool-{algo}.log")))?)
+        .stderr(std::fs::File::create(
+            logs.join(format!("pool-{algo}.log")),
+        )?)
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting the {algo} pool"))?;
@@ -138,7 +140,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("rigfleet-demo-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("rigfleet-demo-")
+                .tempdir()?;
             temp.path().to_path_buf()
         }
     };
@@ -162,9 +166,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         telemetry_interval_secs: 5,
         retention: RetentionConfig::default(),
     };
-    let server = crate::start(config)
-        .await
-        .with_context(|| format!("starting the server on {listen} (another program there? use --listen)"))?;
+    let server = crate::start(config).await.with_context(|| {
+        format!("starting the server on {listen} (another program there? use --listen)")
+    })?;
     let store = server.hub.store.clone();
     // A fresh admin password each run, so a reused folder still prints a login that works.
     let password = crate::hub::random_hex(8);
@@ -177,8 +181,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     let plan: Vec<(String, &str, &str)> = (0..args.sha256d_agents)
-        .map(|i| (format!("demo-sha256d-{}", i + 1), "sha256d", sha_url.as_str()))
-        .chain((0..args.scrypt_agents).map(|i| (format!("demo-scrypt-{}", i + 1), "scrypt", scrypt_url.as_str())))
+        .map(|i| {
+            (
+                format!("demo-sha256d-{}", i + 1),
+                "sha256d",
+                sha_url.as_str(),
+            )
+        })
+        .chain((0..args.scrypt_agents).map(|i| {
+            (
+                format!("demo-scrypt-{}", i + 1),
+                "scrypt",
+                scrypt_url.as_str(),
+            )
+        }))
         .collect();
     let needs_enroll: Vec<_> = plan
         .iter()
@@ -194,13 +210,23 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             requires_approval: false,
             note: "demo".into(),
         };
-        Some(create_token(&store, &server.hub.key, &req, crate::now_ms()).await?.1)
+        Some(
+            create_token(&store, &server.hub.key, &req, crate::now_ms())
+                .await?
+                .1,
+        )
     };
     let mut agents = Vec::new();
     for (name, algorithm, pool) in &plan {
         let state = dir.join(name);
-        let state_arg = state.to_str().context("state path is not UTF-8")?.to_string();
-        if let Some(token) = token.as_ref().filter(|_| !state.join("identity.json").exists()) {
+        let state_arg = state
+            .to_str()
+            .context("state path is not UTF-8")?
+            .to_string();
+        if let Some(token) = token
+            .as_ref()
+            .filter(|_| !state.join("identity.json").exists())
+        {
             let out = Command::new(&agent)
                 .args(["enroll", "--server", &server.url, "--token", token])
                 .args(["--state-dir", &state_arg, "--name", name])
@@ -247,7 +273,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     println!();
-    println!("rigfleet demo is running: {} agents, pools {sha_url} and {scrypt_url}", plan.len());
+    println!(
+        "rigfleet demo is running: {} agents, pools {sha_url} and {scrypt_url}",
+        plan.len()
+    );
     println!("  dashboard  {}", server.url);
     println!("  login      admin / {password}");
     println!("  files      {} (logs in logs/)", dir.display());

@@ -246,8 +246,7 @@ async fn load_or_enroll(dir: &Path, options: &EnrollOptions) -> Result<(Identity
     Ok((enroll(options).await?.identity, true))
 }
 
-/// Raises the soft open-file limit to the hard one when `agents` sockets would not fit. There is
-/// no libc binding in this crate, so util-linux's `prlimit` does it for us.
+/// Raises the soft open-file limit to the hard one when `agents` sockets would not fit.
 fn raise_fd_limit(agents: usize) {
     let need = agents as u64 + 256;
     let Some((soft, hard)) = open_file_limits() else {
@@ -257,14 +256,14 @@ fn raise_fd_limit(agents: usize) {
         return;
     }
     if hard > soft {
-        let pid = std::process::id().to_string();
-        let arg = format!("--nofile={hard}:{hard}");
-        let _ = std::process::Command::new("prlimit")
-            .args(["--pid", &pid, &arg])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let lim = libc::rlimit {
+            rlim_cur: hard as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct we pass and touches no other memory.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
     match open_file_limits() {
         Some((soft, _)) if soft >= need => {

@@ -50,7 +50,10 @@ pub struct ProfileRequest {
 
 /// Profiles.
 #[utoipa::path(get, path = "/api/v1/profiles", responses((status = 200, body = Vec<ProfileView>)), tag = "profiles")]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ProfileView>>, ApiFailure> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ProfileView>>, ApiFailure> {
     caller.require(Scope::Write)?;
     let rows = state.hub.store.list_profiles().await?;
     Ok(Json(rows.into_iter().map(ProfileView::from).collect()))
@@ -70,7 +73,8 @@ pub async fn put(
     }
     let mut value = req.config;
     if let Some(obj) = value.as_object_mut() {
-        obj.entry("version").or_insert(serde_json::Value::from(0u64));
+        obj.entry("version")
+            .or_insert(serde_json::Value::from(0u64));
     }
     let config: DesiredConfig = serde_json::from_value(value)
         .map_err(|e| ApiFailure::bad_request(format!("not a config: {e}")))?;
@@ -82,7 +86,14 @@ pub async fn put(
         .store
         .upsert_profile(&name, &config, req.is_default)
         .await?;
-    audit(&state, &caller, "profile.put", &name, &format!("default={}", req.is_default)).await;
+    audit(
+        &state,
+        &caller,
+        "profile.put",
+        &name,
+        &format!("default={}", req.is_default),
+    )
+    .await;
     Ok(Json(row.into()))
 }
 
