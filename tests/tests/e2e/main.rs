@@ -11,3 +11,6 @@ mod server_api;
 
 /// The real agent binary against the real server and test pools.
 mod agent_server;
+
+/// `rigfleet-agent simulate` against the real server.
+mod simulate;

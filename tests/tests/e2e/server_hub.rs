@@ -500,3 +500,58 @@ async fn two_live_agents_with_one_identity_flag_the_rig() {
     );
     ts.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_does_not_starve_the_others() {
+    let ts = start_on(
+        rigfleet_server::db::test_db::TestDb::sqlite()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let token = ts.enroll_token(r#"{}"#).await;
+    let flooder = FakeAgent::enroll(ts.addr(), &token, 1).await;
+    let quiet = FakeAgent::enroll(ts.addr(), &token, 1).await;
+    let mut flood_ws = flooder.connect(ts.addr()).await.unwrap();
+    let rig = flooder.rig_ids[0].clone();
+    let now = rigfleet_server::now_ms();
+    // Thousands of frames as fast as the socket takes them, never reading the acks.
+    let flood = tokio::spawn(async move {
+        let mut sent = 0u64;
+        for seq in 1..=3000u64 {
+            let frame = rigfleet_proto::encode_agent(&telemetry(
+                &rig,
+                vec![sample(seq, now + seq as i64, 8)],
+            ))
+            .unwrap();
+            let send = flood_ws.send(tokio_tungstenite::tungstenite::Message::Text(frame.into()));
+            match tokio::time::timeout(Duration::from_millis(200), send).await {
+                Ok(Ok(())) => sent += 1,
+                // The server paces this link: the socket stops taking frames.
+                _ => break,
+            }
+        }
+        (sent, flood_ws)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = quiet.connect(ts.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    send(
+        &mut ws,
+        &telemetry(&quiet.rig_ids[0], vec![sample(1, now, 2)]),
+    )
+    .await;
+    assert_eq!(next_ack(&mut ws).await, 1);
+    let latency = started.elapsed();
+    let (sent, _flood_ws) = flood.await.unwrap();
+    assert!(
+        sent < 3000,
+        "the flooding link was paced (it sent {sent} frames unhindered)"
+    );
+    assert!(
+        latency < Duration::from_secs(5),
+        "the quiet agent waited {latency:?}"
+    );
+    eprintln!("flood: {sent} frames taken before pacing; quiet agent acked after {latency:?}");
+    ts.finish().await;
+}
