@@ -9,11 +9,11 @@ use std::time::Duration;
 /// Path of a workspace binary next to the running test executable.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // A test runs from target/<profile>/deps/, a binary (loadtest) from target/<profile>/.
+    let mut profile_dir = exe.parent().expect("executable has a folder");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps has a parent");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

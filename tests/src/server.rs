@@ -113,7 +113,8 @@ impl TestServer {
     }
 }
 
-/// A minimal HTTP/1.1 request (Connection: close); returns status and body.
+/// A minimal HTTP/1.1 request (Connection: close); returns status and body. Panics when the
+/// server cannot be reached (tests); [`try_http`] returns the error instead.
 pub async fn http(
     addr: std::net::SocketAddr,
     method: &str,
@@ -121,7 +122,20 @@ pub async fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    try_http(addr, method, path, bearer, body)
+        .await
+        .expect("HTTP request to the test server")
+}
+
+/// [`http`] that reports connection failures.
+pub async fn try_http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
@@ -135,12 +149,11 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
         .await
-        .expect("response within 30 s")
-        .unwrap();
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in 30 s"))??;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status: u16 = text
         .split_whitespace()
@@ -148,15 +161,12 @@ pub async fn http(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         dechunk(body)
     } else {
         body.to_string()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -18,7 +18,7 @@ use clap::Parser;
 use rigfleet_server::db::test_db::TestDb;
 use rigfleet_server::db::{RigFilter, Store};
 use rigfleet_tests::agent_proc::workspace_binary;
-use rigfleet_tests::server::http;
+use rigfleet_tests::server::try_http;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -115,11 +115,11 @@ async fn metrics(port: u16) -> String {
     let addr = format!("127.0.0.1:{port}").parse().expect("address");
     match tokio::time::timeout(
         Duration::from_secs(10),
-        http(addr, "GET", "/metrics", None, None),
+        try_http(addr, "GET", "/metrics", None, None),
     )
     .await
     {
-        Ok((200, text)) => text,
+        Ok(Ok((200, text))) => text,
         _ => String::new(),
     }
 }
