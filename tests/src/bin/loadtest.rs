@@ -200,7 +200,7 @@ async fn wait_connected(port: u16, want: usize, timeout: Duration) -> Option<Dur
     let start = Instant::now();
     while start.elapsed() < timeout {
         let m = metrics(port).await;
-        if metric(&m, "rigfleet_agents_connected").unwrap_or(0.0) as usize >= want {
+        if metric(&m, "rigfleet_agents_connected").is_some_and(|n| n as usize >= want) {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
