@@ -182,7 +182,10 @@ pub async fn test_backends() -> Vec<TestDb> {
     }
     // CI sets this after making sure PostgreSQL runs: there the PostgreSQL half must not vanish.
     if std::env::var_os("RIGFLEET_REQUIRE_PG").is_some() {
-        panic!("RIGFLEET_REQUIRE_PG is set but no PostgreSQL is reachable: {}", errors.join("; "));
+        panic!(
+            "RIGFLEET_REQUIRE_PG is set but no PostgreSQL is reachable: {}",
+            errors.join("; ")
+        );
     }
     eprintln!(
         "\n!!!!!!!! SKIPPING PostgreSQL: no server reachable ({}) !!!!!!!!\n",
