@@ -84,7 +84,10 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
         let _ = sink.close().await;
     });
 
-    let session = match handshake(&hub, &mut stream, &out_tx, peer).await {
+    // The handshake and each frame's handling are boxed: their futures hold database calls
+    // (large state machines), and a link that waits for frames should not carry them inline —
+    // at a thousand links that is the difference between 16 MiB and 200 MiB.
+    let session = match Box::pin(handshake(&hub, &mut stream, &out_tx, peer)).await {
         Ok(s) => s,
         Err(refusal) => {
             refusal.report(&hub, peer);
@@ -296,7 +299,7 @@ async fn handshake(
         rigs,
         last_frame_ms,
     };
-    after_welcome(hub, &agent, &hello, &session).await;
+    Box::pin(after_welcome(hub, &agent, &hello, &session)).await;
     tracing::info!(agent = %session.agent_uid, %peer, rigs = session.rigs.len(), "Agent connected");
     Ok(session)
 }
@@ -492,7 +495,7 @@ async fn serve(
                 let _ = frames.try_take(Instant::now());
                 match rigfleet_proto::decode_agent(text.as_str()) {
                     Ok(msg) => {
-                        if let Some(reply) = handle(hub, session, msg, &mut acks, &mut events).await {
+                        if let Some(reply) = Box::pin(handle(hub, session, msg, &mut acks, &mut events)).await {
                             if out.send(Outbound::Frame(reply)).await.is_err() {
                                 return;
                             }
