@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(crate::api::router())
+        .merge(crate::web::router(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(state)
 }
@@ -54,9 +55,11 @@ async fn agent_ws(
     ws: WebSocketUpgrade,
 ) -> Response {
     // tungstenite's defaults accept 64 MiB messages and buffer writes without bound.
+    // Small read and write chunks: a thousand idle links must not hold 128 KiB each.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .write_buffer_size(64 * 1024)
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(4 * MAX_FRAME_BYTES)
         .on_failed_upgrade(|error| tracing::debug!(%error, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| crate::hub::connection::run(socket, state.hub.clone(), peer))

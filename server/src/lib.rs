@@ -1,37 +1,22 @@
-//! rigfleet's central server: agent hub, storage, REST API, metrics and web UI.
+//! rigfleet's central server: the agent hub, telemetry storage on SQLite or PostgreSQL, the REST
+//! API, Prometheus metrics and the web dashboard. `rigfleet-server` is a thin CLI over [`start`].
 
-pub mod db;
-
-pub mod ingest;
-
-// Integration in progress: the app modules build with `--features hub` until the storage layer
-// settles (then this gate goes away).
-#[cfg(feature = "hub")]
 pub mod api;
-#[cfg(feature = "hub")]
 pub mod app;
-#[cfg(feature = "hub")]
 pub mod config;
-#[cfg(feature = "hub")]
+pub mod db;
 pub mod demo;
-#[cfg(feature = "hub")]
 pub mod enroll;
-#[cfg(feature = "hub")]
 pub mod files;
-#[cfg(feature = "hub")]
 pub mod hub;
-#[cfg(feature = "hub")]
+pub mod ingest;
 pub mod keys;
-#[cfg(feature = "hub")]
 pub mod metrics;
-#[cfg(feature = "hub")]
 pub mod serve;
-#[cfg(feature = "hub")]
 pub mod startup;
-#[cfg(feature = "hub")]
 pub mod tls;
+pub mod web;
 
-#[cfg(feature = "hub")]
 pub use startup::{start, RunningServer, StartError};
 
 /// Milliseconds since the Unix epoch by this machine's clock.

@@ -2,6 +2,7 @@
 //! at run time, and waiting helpers. The tests live in `tests/e2e/`, one integration binary.
 
 pub mod agent_proc;
+pub mod browser;
 pub mod rig;
 pub mod server;
 

@@ -1,5 +1,8 @@
 //! Who is calling the REST API: an API token (`Authorization: Bearer rft_…`, stored only as its
-//! SHA-256) with scopes read ⊂ write ⊂ admin. Browser sessions join here with the web pages.
+//! SHA-256) with scopes read ⊂ write ⊂ admin, or a dashboard session cookie (roles admin,
+//! operator, viewer map to those scopes). A cookie rides along on cross-site requests, a
+//! bearer token does not: so cookie-authenticated requests that change state must also carry
+//! the session's CSRF token (`X-CSRF-Token`) and come from this server's own origin.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -63,11 +66,13 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
+        let Some(header) = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiFailure::unauthorized)?;
+        else {
+            return session_caller(parts, state).await;
+        };
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
@@ -94,4 +99,35 @@ impl FromRequestParts<AppState> for Caller {
             level,
         })
     }
+}
+
+async fn session_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiFailure> {
+    use crate::web::session;
+    let user = session::load_session(state, &parts.headers)
+        .await
+        .ok_or_else(ApiFailure::unauthorized)?;
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        if !session::same_origin(state, &parts.headers) {
+            return Err(ApiFailure::forbidden("cross-origin request refused"));
+        }
+        let given = parts
+            .headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if given.is_empty() || !crate::app::constant_time_eq(given.as_bytes(), user.csrf.as_bytes())
+        {
+            return Err(ApiFailure::forbidden(
+                "cookie-authenticated changes need the X-CSRF-Token header",
+            ));
+        }
+    }
+    Ok(Caller {
+        actor: user.actor(),
+        level: user.scope(),
+    })
 }

@@ -1,0 +1,116 @@
+//! The few user-management queries the store does not offer yet (listing, role changes,
+//! removal), and TOTP recovery codes kept as hashes in the settings table.
+// These belong in `db/users.rs`; they live here until its owner takes them over.
+
+use crate::db::row::RowExt;
+use crate::db::{dispatch, Role, Store, StoreError};
+
+/// A user as the admin page lists it.
+#[derive(Clone, Debug)]
+pub struct UserEntry {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Has a second factor.
+    pub totp: bool,
+}
+
+/// Every user, by name.
+pub async fn list_users(store: &Store) -> Result<Vec<UserEntry>, StoreError> {
+    dispatch!(store, p => {
+        let rows = sqlx::query(
+            "SELECT id, username, role, totp_secret FROM users ORDER BY username",
+        )
+        .fetch_all(p)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let role = r.text("role")?;
+                Ok(UserEntry {
+                    id: r.i64("id")?,
+                    username: r.text("username")?,
+                    role: Role::parse(&role)
+                        .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+                    totp: r.opt_text("totp_secret")?.is_some(),
+                })
+            })
+            .collect()
+    })
+}
+
+/// Changes a user's role.
+pub async fn set_role(store: &Store, user_id: i64, role: Role) -> Result<(), StoreError> {
+    let n = dispatch!(store, p => sqlx::query("UPDATE users SET role = $2 WHERE id = $1")
+        .bind(user_id).bind(role.as_str()).execute(p).await?.rows_affected());
+    if n == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Removes a user (their sessions and API tokens go with them).
+pub async fn delete_user(store: &Store, user_id: i64) -> Result<(), StoreError> {
+    dispatch!(store, p => {
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(p).await?;
+        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(p).await?;
+        let n = sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(p).await?.rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+    });
+    Ok(())
+}
+
+/// Ends every session of a user (after a password change or role change).
+pub async fn delete_sessions_of(store: &Store, user_id: i64) -> Result<(), StoreError> {
+    dispatch!(store, p => {
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(p).await?;
+    });
+    Ok(())
+}
+
+/// How many admins exist.
+pub async fn admin_count(store: &Store) -> Result<i64, StoreError> {
+    dispatch!(store, p => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+        .fetch_one(p).await?))
+}
+
+fn recovery_key(user_id: i64) -> String {
+    format!("web.totp_recovery.{user_id}")
+}
+
+/// Stores the hashes of a user's recovery codes (replacing older ones).
+pub async fn set_recovery(
+    store: &Store,
+    user_id: i64,
+    hashes: &[String],
+) -> Result<(), StoreError> {
+    store
+        .set_setting(&recovery_key(user_id), &hashes.join(","))
+        .await
+}
+
+/// Uses a recovery code once: true when it matched (it is then gone).
+pub async fn use_recovery(store: &Store, user_id: i64, code: &str) -> Result<bool, StoreError> {
+    let Some(stored) = store.get_setting(&recovery_key(user_id)).await? else {
+        return Ok(false);
+    };
+    let given = super::session::sha256_hex(code.trim().to_ascii_lowercase().as_str());
+    let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
+    if !hashes
+        .iter()
+        .any(|h| crate::app::constant_time_eq(h.as_bytes(), given.as_bytes()))
+    {
+        return Ok(false);
+    }
+    let left: Vec<String> = hashes
+        .into_iter()
+        .filter(|h| *h != given)
+        .map(str::to_owned)
+        .collect();
+    set_recovery(store, user_id, &left).await?;
+    Ok(true)
+}
