@@ -420,7 +420,7 @@ mod tests {
         assert!(text.contains("name=\"shelf \\\"A\\\"\\n\""), "{text}");
         assert!(text.contains("rigfleet_device_fan_ratio"), "{text}");
         assert!(
-            text.contains("rigfleet_rig_online{group=\"east\",name="),
+            text.contains("rigfleet_rig_online{") && text.contains("group=\"east\""),
             "{text}"
         );
         live.remove(7);
