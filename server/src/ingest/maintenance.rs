@@ -75,7 +75,8 @@ mod tests {
         for db in test_backends().await {
             let s = &db.store;
             let rig = one_rig(s, "a", 2).await;
-            let t = now_ms() - 10 * 60_000;
+            // Both samples in one minute bucket, wherever in the minute the test starts.
+            let t = (now_ms() - 10 * 60_000) / 60_000 * 60_000;
             write(s, rig, &[sample(1, t, 2, 0), sample(2, t + 10_000, 2, 5)]).await;
             let ret = Retention::default();
             assert!(maintenance_round(s, "replica-a", 60_000, &ret, now_ms())
@@ -95,7 +96,8 @@ mod tests {
         for db in test_backends().await {
             let s = &db.store;
             let rig = one_rig(s, "a", 1).await;
-            let t = now_ms() - 10 * 60_000;
+            // Both samples in one minute bucket, wherever in the minute the test starts.
+            let t = (now_ms() - 10 * 60_000) / 60_000 * 60_000;
             write(s, rig, &[sample(1, t, 1, 0), sample(2, t + 10_000, 1, 5)]).await;
             let ret = Retention {
                 raw_ms: 60_000,
