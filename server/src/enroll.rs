@@ -48,13 +48,23 @@ pub async fn enroll(
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     let token = EnrollToken::parse(&req.token)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_token", e.to_string()))?;
-    if token.server_key_sha256 != hub.key.fingerprint_bytes() {
+    // A token made before a key rotation names the previous key: the rig pins that one and is
+    // rolled over on its first connection.
+    let answer_key = if token.server_key_sha256 == hub.key.fingerprint_bytes() {
+        &hub.key
+    } else if let Some(previous) = hub
+        .previous_key
+        .as_ref()
+        .filter(|k| token.server_key_sha256 == k.fingerprint_bytes())
+    {
+        previous
+    } else {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "wrong_server",
             "this token was made by another server (its key fingerprint does not match)".into(),
         ));
-    }
+    };
     let secret_hash = crate::keys::hex(&sha2::Sha256::digest(token.secret));
     let now = crate::now_ms();
     let row = hub
@@ -139,7 +149,7 @@ pub async fn enroll(
     Ok(Json(EnrollResponse {
         agent_id: AgentId(agent_uid),
         rig_ids: rows.iter().map(|r| RigId(r.rig_uid.clone())).collect(),
-        server_public_key: hub.key.public_key_hex(),
+        server_public_key: answer_key.public_key_hex(),
         pending_approval: row.requires_approval,
     }))
 }

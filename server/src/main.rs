@@ -74,6 +74,24 @@ enum Command {
     /// API tokens for scripts.
     #[command(subcommand)]
     ApiToken(ApiTokenCommand),
+    /// The server's order-signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Shows the signing key, a previous key kept for rollover, and which key the rigs pin.
+    Status,
+    /// Makes a new signing key; rigs are rolled over to it by a signed order when they next
+    /// connect (restart the server to start using it).
+    Rotate {
+        /// Drop a previous key that rigs may still pin (they must then enroll again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Forgets the previous key once every rig has rolled over.
+    RetirePrevious,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Key(cmd) => key_command(&config, cmd).await,
         Command::ApiToken(ApiTokenCommand::Create { name, scope }) => {
             let scope = Scope::parse(&scope)
                 .ok_or_else(|| anyhow::anyhow!("--scope must be read, write or admin"))?;
@@ -199,6 +218,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = rigfleet_server::startup::create_api_token(&store, &name, scope).await?;
             store.close().await;
             println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+async fn key_command(config: &config::ServerConfig, cmd: KeyCommand) -> anyhow::Result<()> {
+    use rigfleet_server::keys::{retire_previous, rotate, ServerKey};
+    match cmd {
+        KeyCommand::Rotate { force } => {
+            let r = rotate(&config.data_dir, force)?;
+            println!("new signing key   {}", r.current);
+            println!("previous key kept {}", r.previous);
+            println!("Restart the server: connected rigs reconnect and are rolled over to the new");
+            println!("key. Run `rigfleet-server key status` to follow them, then");
+            println!("`rigfleet-server key retire-previous` once none pins the previous key.");
+            Ok(())
+        }
+        KeyCommand::RetirePrevious => {
+            match retire_previous(&config.data_dir)? {
+                Some(fp) => println!(
+                    "previous key {fp} removed; rigs that still pin it are refused (restart the server)"
+                ),
+                None => println!("no previous key is kept"),
+            }
+            Ok(())
+        }
+        KeyCommand::Status => {
+            let current = ServerKey::load_or_create(&config.data_dir)?.fingerprint();
+            let previous = ServerKey::load_previous(&config.data_dir)?.map(|k| k.fingerprint());
+            let store = Store::open(&config.database_url()).await?;
+            let counts = store.agents_by_pinned_key().await;
+            store.close().await;
+            println!("signing key  {current}");
+            if let Some(p) = &previous {
+                println!("previous key {p}");
+            }
+            let counts = counts?;
+            println!("agents by the key they last proved themselves against:");
+            if counts.is_empty() {
+                println!("  (no agents enrolled)");
+            }
+            for (fp, n) in counts {
+                let label = match fp.as_deref() {
+                    Some(f) if f == current => format!("{f} (current)"),
+                    Some(f) if Some(f) == previous.as_deref() => format!("{f} (previous)"),
+                    Some(f) => format!("{f} (retired: these rigs must enroll again)"),
+                    None => "not connected since the server recorded it".to_string(),
+                };
+                println!("  {n:>6}  {label}");
+            }
             Ok(())
         }
     }

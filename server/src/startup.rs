@@ -77,6 +77,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let store = Store::open(&config.database_url()).await?;
     let key = ServerKey::load_or_create(&config.data_dir)?;
+    let previous_key = ServerKey::load_previous(&config.data_dir)?;
+    if let Some(previous) = &previous_key {
+        tracing::info!(
+            previous = %previous.fingerprint(),
+            current = %key.fingerprint(),
+            "Rigs that pin the previous server key are rolled over when they connect"
+        );
+    }
     let tls = crate::tls::setup(&config.tls, &config.data_dir)?;
     let first_admin = ensure_admin(&store).await?;
 
@@ -100,6 +108,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         store.clone(),
         writer,
         key,
+        previous_key,
         live,
         metrics,
         config.telemetry_interval_secs,

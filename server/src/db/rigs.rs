@@ -199,16 +199,49 @@ impl Store {
         agent_id: i64,
         hostname: &str,
         agent_version: &str,
+        pinned_server_key: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let n = dispatch!(self, p => sqlx::query(
-            "UPDATE agents SET hostname = $2, agent_version = $3, last_seen_ms = $4 WHERE id = $1")
-            .bind(agent_id).bind(hostname).bind(agent_version).bind(now_ms)
+            "UPDATE agents SET hostname = $2, agent_version = $3, pinned_server_key = $4, last_seen_ms = $5
+             WHERE id = $1")
+            .bind(agent_id).bind(hostname).bind(agent_version).bind(pinned_server_key).bind(now_ms)
             .execute(p).await?.rows_affected());
         if n == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// Records that the agent now pins the server key with fingerprint `fingerprint`.
+    pub async fn set_agent_pinned_key(
+        &self,
+        agent_id: i64,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let n = dispatch!(self, p => sqlx::query(
+            "UPDATE agents SET pinned_server_key = $2 WHERE id = $1")
+            .bind(agent_id).bind(fingerprint)
+            .execute(p).await?.rows_affected());
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Agents that are not revoked, counted by the server key they last pinned (`None`: not
+    /// connected since that was recorded), most common first.
+    pub async fn agents_by_pinned_key(&self) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        let rows = dispatch!(self, p => {
+            let rows = sqlx::query(
+                "SELECT pinned_server_key, COUNT(*) AS n FROM agents WHERE NOT revoked
+                 GROUP BY pinned_server_key ORDER BY n DESC, pinned_server_key")
+                .fetch_all(p).await?;
+            rows.iter()
+                .map(|r| Ok((r.opt_text("pinned_server_key")?, r.i64("n")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?
+        });
+        Ok(rows)
     }
 
     async fn fill_tags(&self, rigs: &mut [RigRow]) -> Result<(), StoreError> {
@@ -561,7 +594,8 @@ pub(crate) mod tests {
                 (a.public_key_hex.as_str(), a.rigs.len(), a.revoked),
                 (key.as_str(), 2, false)
             );
-            s.record_agent_seen(a.id, "new-host", "0.2.0", 5000)
+            assert_eq!(s.agents_by_pinned_key().await.unwrap(), [(None, 1)]);
+            s.record_agent_seen(a.id, "new-host", "0.2.0", "sha256:old", 5000)
                 .await
                 .unwrap();
             let a = s.agent_by_uid("agt-1").await.unwrap().unwrap();
@@ -569,8 +603,21 @@ pub(crate) mod tests {
                 (a.hostname.as_str(), a.agent_version.as_str()),
                 ("new-host", "0.2.0")
             );
+            assert_eq!(
+                s.agents_by_pinned_key().await.unwrap(),
+                [(Some("sha256:old".to_string()), 1)]
+            );
+            s.set_agent_pinned_key(a.id, "sha256:new").await.unwrap();
+            assert_eq!(
+                s.agents_by_pinned_key().await.unwrap(),
+                [(Some("sha256:new".to_string()), 1)]
+            );
             assert!(matches!(
-                s.record_agent_seen(9999, "h", "v", 1).await,
+                s.record_agent_seen(9999, "h", "v", "sha256:x", 1).await,
+                Err(StoreError::NotFound)
+            ));
+            assert!(matches!(
+                s.set_agent_pinned_key(9999, "sha256:x").await,
                 Err(StoreError::NotFound)
             ));
             db.cleanup().await;

@@ -16,7 +16,7 @@ use rigfleet_proto::agent_to_server::{AgentMessage, Hello};
 use rigfleet_proto::server_to_agent::{
     Ack, Challenge, ErrorCode, ErrorFrame, ServerMessage, Welcome,
 };
-use rigfleet_proto::signing::{auth_signing_bytes, decode_hex_array};
+use rigfleet_proto::signing::{auth_signing_bytes, decode_hex_array, OrderKind};
 use rigfleet_proto::{RigId, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,6 +111,8 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
 /// What the handshake established.
 struct Session {
     conn_id: u64,
+    /// Database id of the agent.
+    agent_id: i64,
     agent_uid: String,
     /// (database id, public id) of every rig on this link.
     rigs: Vec<(i64, RigId)>,
@@ -259,7 +261,7 @@ async fn handshake(
         Ok(_) => return Err(Refusal::BadFrame("expected auth".into())),
         Err(e) => return Err(Refusal::BadFrame(e.to_string())),
     };
-    let agent = verify_auth(hub, agent, &hello, &nonce, &auth.signature)?;
+    let (agent, pinned) = verify_auth(hub, agent, &hello, &nonce, &auth.signature)?;
     let rigs = check_rigs(&agent, &hello)?;
     let conn_id = hub.next_conn_id();
     let rig_ids: Vec<i64> = rigs.iter().map(|(id, _)| *id).collect();
@@ -295,13 +297,30 @@ async fn handshake(
         .map_err(|_| Refusal::Gone("closed during handshake"))?;
     let session = Session {
         conn_id,
+        agent_id: agent.id,
         agent_uid: agent.agent_uid.clone(),
         rigs,
         last_frame_ms,
     };
-    Box::pin(after_welcome(hub, &agent, &hello, &session)).await;
+    let pinned_fp = match pinned {
+        PinnedKey::Current => hub.key.fingerprint(),
+        PinnedKey::Previous(fp) => {
+            // Sent before any other order: the agent handles frames in order, so everything
+            // signed with the current key after this verifies once the rollover is applied.
+            send_rollover(hub, &out, &session).await;
+            fp
+        }
+    };
+    Box::pin(after_welcome(hub, &agent, &hello, &session, &pinned_fp)).await;
     tracing::info!(agent = %session.agent_uid, %peer, rigs = session.rigs.len(), "Agent connected");
     Ok(session)
+}
+
+/// Which server key an agent proved itself against.
+enum PinnedKey {
+    Current,
+    /// The previous key, by fingerprint: the agent is due a rollover.
+    Previous(String),
 }
 
 fn verify_auth(
@@ -310,7 +329,7 @@ fn verify_auth(
     hello: &Hello,
     nonce: &[u8; 32],
     signature: &str,
-) -> Result<AgentRow, Refusal> {
+) -> Result<(AgentRow, PinnedKey), Refusal> {
     let agent = agent.ok_or_else(|| Refusal::Auth(format!("unknown agent {}", hello.agent_id)))?;
     if agent.revoked {
         return Err(Refusal::Auth(format!("revoked agent {}", agent.agent_uid)));
@@ -321,10 +340,51 @@ fn verify_auth(
         .map_err(|_| Refusal::Internal("stored agent key is not a curve point".into()))?;
     let sig = decode_hex_array::<64>(signature)
         .ok_or_else(|| Refusal::Auth("signature is not 64 hex bytes".into()))?;
-    let bytes = auth_signing_bytes(nonce, &hello.agent_id, hub.key.public_key().as_bytes());
-    key.verify_strict(&bytes, &Signature::from_bytes(&sig))
-        .map_err(|_| Refusal::Auth(format!("bad signature from agent {}", agent.agent_uid)))?;
-    Ok(agent)
+    let sig = Signature::from_bytes(&sig);
+    let proves = |server_key: &crate::keys::ServerKey| {
+        let bytes = auth_signing_bytes(nonce, &hello.agent_id, server_key.public_key().as_bytes());
+        key.verify_strict(&bytes, &sig).is_ok()
+    };
+    if proves(&hub.key) {
+        return Ok((agent, PinnedKey::Current));
+    }
+    match &hub.previous_key {
+        Some(previous) if proves(previous) => {
+            Ok((agent, PinnedKey::Previous(previous.fingerprint())))
+        }
+        _ => Err(Refusal::Auth(format!(
+            "bad signature from agent {}",
+            agent.agent_uid
+        ))),
+    }
+}
+
+/// Sends a `key_rollover` to the current key, signed by the previous one, for the link's first
+/// rig (the agent pins one server key for all the rigs it fronts).
+async fn send_rollover(hub: &Arc<Hub>, out: &mpsc::Sender<Outbound>, session: &Session) {
+    let (Some(previous), Some((rig_id, rig_uid))) = (&hub.previous_key, session.rigs.first())
+    else {
+        return;
+    };
+    let payload = serde_json::json!({ "new_key": hub.key.public_key_hex() }).to_string();
+    match hub
+        .sign_with(previous, OrderKind::KeyRollover, *rig_id, rig_uid, payload)
+        .await
+    {
+        Ok(order) => {
+            if out
+                .send(Outbound::Frame(ServerMessage::KeyRollover(order)))
+                .await
+                .is_ok()
+            {
+                tracing::info!(agent = %session.agent_uid, "Sent a server key rollover");
+            }
+        }
+        Err(error) => {
+            hub.metrics.error("store");
+            tracing::warn!(%error, "Could not sign a key rollover");
+        }
+    }
 }
 
 fn check_rigs(agent: &AgentRow, hello: &Hello) -> Result<Vec<(i64, RigId)>, Refusal> {
@@ -355,11 +415,23 @@ fn check_rigs(agent: &AgentRow, hello: &Hello) -> Result<Vec<(i64, RigId)>, Refu
 }
 
 /// Devices, last-seen, live state and the desired config a rig should run.
-async fn after_welcome(hub: &Arc<Hub>, agent: &AgentRow, hello: &Hello, session: &Session) {
+async fn after_welcome(
+    hub: &Arc<Hub>,
+    agent: &AgentRow,
+    hello: &Hello,
+    session: &Session,
+    pinned_key: &str,
+) {
     let now = crate::now_ms();
     if let Err(error) = hub
         .store
-        .record_agent_seen(agent.id, &hello.hostname, &hello.agent_version, now)
+        .record_agent_seen(
+            agent.id,
+            &hello.hostname,
+            &hello.agent_version,
+            pinned_key,
+            now,
+        )
         .await
     {
         hub.metrics.error("store");
@@ -617,6 +689,14 @@ async fn handle(
                     rigfleet_proto::agent_to_server::Severity::Warning => "warning",
                     rigfleet_proto::agent_to_server::Severity::Error => "error",
                 };
+                if e.kind == "key_rollover" {
+                    let fp = hub.key.fingerprint();
+                    if let Err(error) = hub.store.set_agent_pinned_key(session.agent_id, &fp).await
+                    {
+                        hub.metrics.error("store");
+                        tracing::warn!(%error, "Could not record a key rollover");
+                    }
+                }
                 hub.event(Some(rig_id), severity, &e.kind, e.message).await;
             } else {
                 hub.metrics.error("event_rate_limited");

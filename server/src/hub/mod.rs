@@ -79,6 +79,9 @@ pub struct Hub {
     pub writer: WriterHandle,
     /// Signs orders.
     pub key: ServerKey,
+    /// The key a rotation replaced: rigs that still pin it authenticate against it and are
+    /// rolled over to [`Hub::key`] when they connect.
+    pub previous_key: Option<ServerKey>,
     /// Latest state per rig.
     pub live: Arc<LiveState>,
     /// Counters.
@@ -98,6 +101,7 @@ impl Hub {
         store: Store,
         writer: WriterHandle,
         key: ServerKey,
+        previous_key: Option<ServerKey>,
         live: Arc<LiveState>,
         metrics: Arc<ServerMetrics>,
         telemetry_interval_secs: u32,
@@ -106,6 +110,7 @@ impl Hub {
             store,
             writer,
             key,
+            previous_key,
             live,
             metrics,
             telemetry_interval_secs,
@@ -268,11 +273,22 @@ impl Hub {
         rig_uid: &RigId,
         payload: String,
     ) -> Result<rigfleet_proto::signing::SignedOrder, OrderError> {
+        self.sign_with(&self.key, kind, rig_id, rig_uid, payload)
+            .await
+    }
+
+    /// Signs an order with `key` (the previous key signs the rollover to the current one).
+    pub async fn sign_with(
+        &self,
+        key: &ServerKey,
+        kind: OrderKind,
+        rig_id: i64,
+        rig_uid: &RigId,
+        payload: String,
+    ) -> Result<rigfleet_proto::signing::SignedOrder, OrderError> {
         let counter = self.store.next_order_counter(rig_id).await?;
         let expires = crate::now_ms() + ORDER_LIFETIME.as_millis() as i64;
-        Ok(self
-            .key
-            .sign_order(kind, rig_uid, counter, expires, payload))
+        Ok(key.sign_order(kind, rig_uid, counter, expires, payload))
     }
 
     /// Stores a new desired config for the rig (the version is assigned there) and pushes it

@@ -9,6 +9,7 @@ use rigfleet_server::db::test_db::TestDb;
 use rigfleet_stratum::pool::{Pool, PoolConfig, PoolHandle};
 use rigfleet_tests::agent_proc::{run_agent, AgentProc};
 use rigfleet_tests::server::*;
+use rigfleet_tests::wait_until;
 
 const USER_A: &str = "wallet.a";
 const USER_B: &str = "wallet.b";
@@ -17,17 +18,6 @@ async fn pool() -> PoolHandle {
     Pool::bind(PoolConfig::new(Algorithm::Sha256d))
         .await
         .expect("pool binds")
-}
-
-async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn config_json(pool: &PoolHandle, user: &str, algorithm: &str) -> String {

@@ -14,3 +14,6 @@ mod agent_server;
 
 /// `rigfleet-agent simulate` against the real server.
 mod simulate;
+
+/// Rotating the server's signing key with rigs that roll over by a signed order.
+mod key_rotation;
