@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod coins;
 pub mod config;
 pub mod db;
 pub mod demo;

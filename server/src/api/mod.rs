@@ -3,6 +3,7 @@
 //! both).
 
 pub mod auth;
+pub mod coins;
 pub mod error;
 pub mod orders;
 pub mod profiles;
@@ -26,9 +27,10 @@ use crate::app::AppState;
         orders::list_commands, orders::events,
         tokens::list, tokens::create, tokens::revoke,
         profiles::list, profiles::put, profiles::remove,
+        coins::list, coins::put, coins::remove,
     ),
     modifiers(&BearerAuth),
-    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"))
+    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"))
 )]
 pub struct ApiDoc;
 
@@ -70,6 +72,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/profiles"),
     ("put", "/api/v1/profiles/{name}"),
     ("delete", "/api/v1/profiles/{name}"),
+    ("get", "/api/v1/coins"),
+    ("put", "/api/v1/coins/{algorithm}"),
+    ("delete", "/api/v1/coins/{algorithm}"),
 ];
 
 /// The `/api/v1` router.
@@ -107,6 +112,11 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/profiles/{name}",
             axum::routing::put(profiles::put).delete(profiles::remove),
+        )
+        .route("/api/v1/coins", get(coins::list))
+        .route(
+            "/api/v1/coins/{algorithm}",
+            axum::routing::put(coins::put).delete(coins::remove),
         )
         .route("/api/v1/openapi.json", get(openapi_json))
 }

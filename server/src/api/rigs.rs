@@ -556,12 +556,9 @@ pub async fn rig_history(
 
 /// Writes an audit record; a failure is logged, not returned (the change itself happened).
 pub async fn audit(state: &AppState, caller: &Caller, action: &str, target: &str, detail: &str) {
-    if let Err(error) = state
+    state
         .hub
         .store
-        .insert_audit(&caller.actor, action, target, detail, crate::now_ms())
-        .await
-    {
-        tracing::warn!(%error, action, "Could not write the audit log");
-    }
+        .audit(&caller.actor, action, target, detail)
+        .await;
 }

@@ -100,6 +100,17 @@ impl Store {
         Ok(())
     }
 
+    /// Records an operator's change now; a failure is logged rather than failing the change
+    /// that was already made.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) {
+        if let Err(error) = self
+            .insert_audit(actor, action, target, detail, crate::now_ms())
+            .await
+        {
+            tracing::warn!(%error, action, "Could not write the audit log");
+        }
+    }
+
     /// The audit log, newest first, before an id for paging.
     pub async fn list_audit(
         &self,

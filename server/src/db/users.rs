@@ -213,6 +213,23 @@ impl Store {
             .bind(key).fetch_optional(p).await?))
     }
 
+    /// Settings whose key starts with `prefix`, by key.
+    pub async fn settings_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        // Compared with substr rather than LIKE: a prefix may hold `_` or `%`.
+        dispatch!(self, p => Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT key, value FROM settings WHERE substr(key, 1, length($1)) = $1 ORDER BY key")
+            .bind(prefix).fetch_all(p).await?))
+    }
+
+    /// Removes a setting; false when there was none.
+    pub async fn delete_setting(&self, key: &str) -> Result<bool, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(key).execute(p).await?.rows_affected() == 1))
+    }
+
     /// Writes a setting (insert or replace).
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         dispatch!(self, p => {
@@ -292,6 +309,21 @@ mod tests {
             s.set_setting("k", "1").await.unwrap();
             s.set_setting("k", "2").await.unwrap();
             assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("2"));
+            s.set_setting("coin.b_x", "3").await.unwrap();
+            s.set_setting("coin.a", "4").await.unwrap();
+            s.set_setting("coinage", "5").await.unwrap();
+            assert_eq!(
+                s.settings_with_prefix("coin.").await.unwrap(),
+                [
+                    ("coin.a".into(), "4".into()),
+                    ("coin.b_x".into(), "3".into())
+                ]
+            );
+            // `_` is not a wildcard.
+            assert!(s.settings_with_prefix("coin_").await.unwrap().is_empty());
+            assert!(s.delete_setting("coin.a").await.unwrap());
+            assert!(!s.delete_setting("coin.a").await.unwrap());
+            assert_eq!(s.settings_with_prefix("coin.").await.unwrap().len(), 1);
             db.cleanup().await;
         }
     }

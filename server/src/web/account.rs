@@ -299,14 +299,7 @@ pub async fn logout(State(state): State<AppState>, user: WebUser) -> Response {
 }
 
 async fn audit(state: &AppState, actor: &str, action: &str, target: &str, detail: &str) {
-    if let Err(error) = state
-        .hub
-        .store
-        .insert_audit(actor, action, target, detail, crate::now_ms())
-        .await
-    {
-        tracing::warn!(%error, action, "Could not write the audit log");
-    }
+    state.hub.store.audit(actor, action, target, detail).await;
 }
 
 #[derive(Template)]

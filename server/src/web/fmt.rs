@@ -52,6 +52,27 @@ pub fn watts(w: Option<f32>) -> String {
     })
 }
 
+/// `≈ 12.34 USD/day (0.000123 BTC)`.
+pub fn revenue(coin: &crate::coins::CoinData, r: crate::coins::Revenue) -> String {
+    format!(
+        "≈ {:.2} {}/day ({} {})",
+        r.money,
+        coin.currency,
+        significant(r.coins, 3),
+        coin.coin
+    )
+}
+
+/// `v` with `digits` significant digits, without an exponent (coin amounts are often tiny).
+pub fn significant(v: f64, digits: usize) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return "0".into();
+    }
+    let magnitude = v.abs().log10().floor() as i64;
+    let decimals = (digits as i64 - 1 - magnitude).clamp(0, 12) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// The placeholder for a missing value.
 pub fn dash() -> String {
     "–".into()
@@ -114,6 +135,15 @@ pub fn civil(ts_ms: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coin_amounts_keep_three_significant_digits() {
+        assert_eq!(significant(0.000123456, 3), "0.000123");
+        assert_eq!(significant(1234.5, 3), "1234");
+        assert_eq!(significant(1.5, 3), "1.50");
+        assert_eq!(significant(0.0, 3), "0");
+        assert_eq!(significant(f64::NAN, 3), "0");
+    }
 
     #[test]
     fn formats() {

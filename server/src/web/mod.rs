@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod chart;
+pub mod coins;
 pub mod fmt;
 pub mod live;
 pub mod pages;
@@ -106,6 +107,13 @@ pub fn table() -> Vec<WebRoute> {
         ),
         r(Method::POST, "/rigs/{rig}/remove", post(pages::rig_remove)),
         r(Method::POST, "/bulk", post(pages::bulk)),
+        r(Method::GET, "/coins", get(coins::coins_page)),
+        r(Method::POST, "/coins", post(coins::coins_save)),
+        r(
+            Method::POST,
+            "/coins/{algorithm}/delete",
+            post(coins::coins_delete),
+        ),
         r(Method::GET, "/add-rigs", get(pages::add_rigs_page)),
         r(Method::POST, "/add-rigs", post(pages::add_rigs_create)),
         r(Method::GET, "/live", get(live::events)),

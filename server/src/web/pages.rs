@@ -22,6 +22,7 @@ use super::{fmt, render, respond, Fields, Nav, WebError};
 use crate::api::rigs::{find_rig, query_fleet, rig_detail, rig_history, HistoryQuery, RigQuery};
 use crate::api::rigs::{RigSummary, SORT_COLUMNS};
 use crate::app::AppState;
+use crate::coins::CoinData;
 use crate::hub::live::RigStatus;
 
 /// Rows per overview page unless the query says otherwise.
@@ -169,14 +170,16 @@ fn dropped_rigs(state: &AppState, shared: &WebShared) -> HashSet<String> {
 
 /// Totals of one algorithm.
 pub struct AlgoTotal {
-    algorithm: String,
-    hashrate: String,
+    pub(super) algorithm: String,
+    pub(super) hashrate: String,
     rigs: usize,
     online: usize,
     warning: usize,
     offline: usize,
     power: String,
     efficiency: String,
+    /// Estimated revenue per day, when coin data is set for the algorithm.
+    pub(super) revenue: Option<String>,
 }
 
 struct RowView {
@@ -254,7 +257,13 @@ fn efficiency(algorithm: &str, watts: f64, hps: f64) -> String {
     }
 }
 
-fn totals(state: &AppState, shared: &WebShared) -> (Vec<AlgoTotal>, [usize; 4]) {
+/// Totals per algorithm (rigs by status, hash rate and power of the rigs not offline, revenue
+/// where `coins` has the algorithm) and fleet counts `[all, online, warning, offline]`.
+pub(super) fn totals(
+    state: &AppState,
+    shared: &WebShared,
+    coins: &[(String, CoinData)],
+) -> (Vec<AlgoTotal>, [usize; 4]) {
     #[derive(Default)]
     struct Acc {
         hps: f64,
@@ -299,6 +308,10 @@ fn totals(state: &AppState, shared: &WebShared) -> (Vec<AlgoTotal>, [usize; 4]) 
             offline: a.counts[2],
             power: fmt::watts(Some(a.watts as f32)),
             efficiency: efficiency(&algorithm, a.watts, a.hps),
+            revenue: coins
+                .iter()
+                .find(|(alg, _)| *alg == algorithm)
+                .map(|(_, c)| fmt::revenue(c, c.revenue_per_day(a.hps))),
             algorithm,
         })
         .collect();
@@ -381,7 +394,10 @@ pub async fn render_overview(
             }
         })
         .collect();
-    let (totals, fleet) = totals(state, shared);
+    let coins = crate::coins::load_all(&state.hub.store)
+        .await
+        .unwrap_or_default();
+    let (totals, fleet) = totals(state, shared, &coins);
     let groups = state.hub.store.list_groups().await.unwrap_or_default();
     let p = OverviewPage {
         nav: Some(Nav::new(user, "overview")),
@@ -497,15 +513,18 @@ pub async fn bulk(
     )
 }
 
-async fn audit(state: &AppState, user: &WebUser, action: &str, target: &str, detail: &str) {
-    if let Err(error) = state
+pub(super) async fn audit(
+    state: &AppState,
+    user: &WebUser,
+    action: &str,
+    target: &str,
+    detail: &str,
+) {
+    state
         .hub
         .store
-        .insert_audit(&user.actor(), action, target, detail, crate::now_ms())
-        .await
-    {
-        tracing::warn!(%error, action, "Could not write the audit log");
-    }
+        .audit(&user.actor(), action, target, detail)
+        .await;
 }
 
 /// The rig page's chart range.

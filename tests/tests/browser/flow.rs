@@ -121,6 +121,15 @@ async fn operator_flow_in_a_browser() {
 
     // A wrong password is refused with a message; the right one opens the fleet.
     browser_login(&b, &base, &admin, "not-the-password").await;
+    // The click may return before the answer (argon2 in a debug build) is loaded.
+    assert!(
+        b.wait_js(
+            "document.getElementById('login-error') !== null",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the refusal is shown"
+    );
     assert!(text(&b, "#login-error")
         .await
         .contains("Wrong user name or password"));
@@ -315,6 +324,7 @@ async fn operator_flow_in_a_browser() {
         ("/", "overview-phone"),
         (rig_path.as_str(), "rig-phone"),
         ("/add-rigs", "add-rigs-phone"),
+        ("/coins", "coins-phone"),
     ] {
         b.client.goto(&format!("{base}{path}")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -329,6 +339,81 @@ async fn operator_flow_in_a_browser() {
         b.screenshot(name).await;
     }
     b.client.set_window_size(1366, 900).await.unwrap();
+
+    // Coin data: a refused value is explained and kept in the form; a good one shows an
+    // estimated revenue per day on the coins page and on the overview.
+    b.client.goto(&format!("{base}/coins")).await.unwrap();
+    assert!(text(&b, "#coins-missing").await.contains("scrypt"));
+    for (id, value) in [
+        ("coin-algorithm", "scrypt"),
+        ("coin-coin", "ltc"),
+        ("coin-difficulty", "lots"),
+        ("coin-reward", "6.25"),
+        ("coin-price", "80"),
+        ("coin-currency", "usd"),
+        ("coin-fee", "1"),
+    ] {
+        b.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    b.client
+        .find(Locator::Id("coin-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        b.wait_js(
+            "document.getElementById('coin-error') !== null",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the refusal is shown"
+    );
+    assert!(text(&b, "#coin-error")
+        .await
+        .contains("network difficulty must be a number"));
+    let difficulty = b.client.find(Locator::Id("coin-difficulty")).await.unwrap();
+    difficulty.clear().await.unwrap();
+    difficulty.send_keys("40000000").await.unwrap();
+    b.client
+        .find(Locator::Id("coin-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        b.wait_js(
+            "document.querySelector('#coins-table tr[data-algorithm=scrypt] .revenue') !== null",
+            Duration::from_secs(5)
+        )
+        .await,
+        "the saved row"
+    );
+    b.screenshot("coins-desktop").await;
+    b.client.goto(&format!("{base}/")).await.unwrap();
+    let shown = text(&b, ".revenue[data-algorithm=scrypt]").await;
+    // ltc-01 mines 9.1 GH/s: 9.1e9 × 86400 / (4e7 × 2^32) blocks × 6.25 LTC × 0.99 × 80 USD.
+    let expected = 9.1e9 * 86_400.0 / (4.0e7 * 4_294_967_296.0) * 6.25 * 0.99 * 80.0;
+    let money: f64 = shown
+        .trim_start_matches('≈')
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no amount in {shown:?}"));
+    assert!(
+        (money - expected).abs() <= expected * 0.1
+            && shown.contains("USD/day")
+            && shown.contains("LTC"),
+        "overview shows {shown:?}, expected about {expected:.2} USD/day"
+    );
 
     // Bulk: every rig matching a filter (all pages), in one action.
     b.client

@@ -41,6 +41,17 @@ async fn every_state_changing_route_needs_csrf_and_same_origin() {
     let (admin, password) = ts.server.first_admin.clone().unwrap();
     let s = login(addr, &admin, &password).await.expect("admin logs in");
     let (victim, _) = add_user(&ts, "victim", Role::Viewer).await;
+    let coin = rigfleet_server::coins::CoinData {
+        coin: "BTC".into(),
+        network_difficulty: 1e14,
+        block_reward: 3.2,
+        price: 1.0,
+        currency: "USD".into(),
+        pool_fee_percent: 0.0,
+    };
+    rigfleet_server::coins::save(&ts.server.hub.store, "sha256d", &coin)
+        .await
+        .unwrap();
 
     let mut routes = rigfleet_server::web::state_changing_routes();
     assert!(routes.len() >= 15, "{routes:?}");
@@ -56,7 +67,8 @@ async fn every_state_changing_route_needs_csrf_and_same_origin() {
         assert_eq!(method, "POST", "{path}");
         let target = path
             .replace("{rig}", &rigs[1])
-            .replace("{id}", &victim.to_string());
+            .replace("{id}", &victim.to_string())
+            .replace("{algorithm}", "sha256d");
         // The login forms have no session yet: their token rides in a cookie of their own.
         let (cookie, csrf) = if path.starts_with("/login") {
             let page = request(addr, "GET", "/login", None, None, "", &[], "").await;

@@ -36,7 +36,8 @@ async fn openapi_document_matches_the_router() {
         let concrete = path
             .replace("{rig}", "rig-x")
             .replace("{id}", "x")
-            .replace("{name}", "x");
+            .replace("{name}", "x")
+            .replace("{algorithm}", "x");
         let body = (*method != "get").then_some("{}");
         let (status, text) = http(ts.addr(), &method.to_uppercase(), &concrete, None, body).await;
         assert_eq!(status, 401, "{method} {path}: {text}");
@@ -106,6 +107,54 @@ async fn scopes_are_enforced_and_errors_are_json() {
     let (status, _) = http(ts.addr(), "GET", "/readyz", None, None).await;
     assert_eq!(status, 200);
     ts.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coin_data_is_set_listed_checked_and_removed() {
+    for ts in servers().await {
+        let read = ts
+            .server
+            .create_api_token("reader", Scope::Read)
+            .await
+            .unwrap();
+        let btc = r#"{"coin":"BTC","network_difficulty":1e14,"block_reward":3.2,"price":90000,"currency":"USD","pool_fee_percent":2}"#;
+        let (status, text) = http(
+            ts.addr(),
+            "PUT",
+            "/api/v1/coins/sha256d",
+            Some(&read),
+            Some(btc),
+        )
+        .await;
+        assert_eq!(status, 403, "{text}");
+        let (status, body) = ts.send("PUT", "/api/v1/coins/sha256d", btc).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["algorithm"].as_str(), body["coin"].as_str()),
+            (Some("sha256d"), Some("BTC"))
+        );
+        for (path, bad) in [
+            ("/api/v1/coins/sha256d", btc.replace("1e14", "0")),
+            ("/api/v1/coins/sha256d", btc.replace("90000", "-1")),
+            ("/api/v1/coins/sha256d", btc.replace("\"BTC\"", "\"<b>\"")),
+            ("/api/v1/coins/Not%20An%20Algo", btc.to_string()),
+        ] {
+            let (status, body) = ts.send("PUT", path, &bad).await;
+            assert_eq!(status, 400, "{path} {bad}: {body}");
+        }
+        let (status, list) = http(ts.addr(), "GET", "/api/v1/coins", Some(&read), None).await;
+        assert_eq!(status, 200);
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+        assert_eq!(list[0]["price"], 90000.0);
+        let (status, _) = ts.send("DELETE", "/api/v1/coins/sha256d", "").await;
+        assert_eq!(status, 204);
+        let (status, _) = ts.send("DELETE", "/api/v1/coins/sha256d", "").await;
+        assert_eq!(status, 404);
+        let (_, list) = ts.get("/api/v1/coins").await;
+        assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+        ts.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
