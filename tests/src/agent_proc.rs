@@ -33,10 +33,16 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `rigfleet-agent <args>` with its output in `log`.
     pub fn spawn(args: &[&str], log: &Path) -> AgentProc {
+        Self::spawn_with_env(args, &[], log)
+    }
+
+    /// Starts `rigfleet-agent <args>` with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)], log: &Path) -> AgentProc {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(workspace_binary("rigfleet-agent"))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)

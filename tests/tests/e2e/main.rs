@@ -17,3 +17,6 @@ mod simulate;
 
 /// Rotating the server's signing key with rigs that roll over by a signed order.
 mod key_rotation;
+
+/// The systemd units of `deploy/systemd/` against systemd and the real agent.
+mod deploy_units;
