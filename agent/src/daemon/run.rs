@@ -165,8 +165,8 @@ pub async fn daemon(
     apply_persisted(&mut mining, &config.state_dir).await;
     snapshots.send_replace(mining.snapshot());
 
-    let mut online = start_online(&config, &options);
     let mut sampler = Sampler::new(options.sys_root.clone());
+    let mut online = start_online(&config, &options, &mut sampler);
     let mut watchdog = Watchdog::new(WatchdogPolicy {
         reboot: options.watchdog.reboot
             || (config.opt_in.watchdog_reboot && config.opt_in.reboot_command.is_some()),
@@ -304,7 +304,11 @@ async fn next_online(online: &mut Option<Online>) -> super::online::Input {
 
 /// Builds the online half when the state folder holds an identity; otherwise (or when anything
 /// it needs fails) the agent runs offline and says why.
-fn start_online(config: &AgentConfig, options: &DaemonOptions) -> Option<Online> {
+fn start_online(
+    config: &AgentConfig,
+    options: &DaemonOptions,
+    sampler: &mut Sampler,
+) -> Option<Online> {
     let identity = match Identity::load(&config.state_dir) {
         Ok(id) => id,
         Err(IdentityError::NotEnrolled { dir }) => {
@@ -393,7 +397,9 @@ fn start_online(config: &AgentConfig, options: &DaemonOptions) -> Option<Online>
         queue,
         opt_in: config.opt_in.clone(),
         hostname: host.hostname.unwrap_or_else(|| "rig".into()),
-        devices: vec![crate::enroll::cpu_device(host.cpu_model.as_deref())],
+        devices: std::iter::once(crate::enroll::cpu_device(host.cpu_model.as_deref()))
+            .chain(sampler.gpu_devices())
+            .collect(),
     });
     if online.is_none() {
         tracing::error!("The identity names no rig; running offline (enroll again with --force)");

@@ -307,7 +307,7 @@ async fn handshake(
         PinnedKey::Previous(fp) => {
             // Sent before any other order: the agent handles frames in order, so everything
             // signed with the current key after this verifies once the rollover is applied.
-            send_rollover(hub, &out, &session).await;
+            send_rollover(hub, out, &session).await;
             fp
         }
     };

@@ -287,6 +287,11 @@ pub(super) fn totals(
             let Some(s) = &r.sample else { continue };
             let mut seen = HashSet::new();
             for d in &s.devices {
+                // Monitored devices that mine nothing (GPUs before a GPU backend) belong to no
+                // algorithm's totals.
+                if d.algorithm.is_empty() {
+                    continue;
+                }
                 let a = by_algo.entry(d.algorithm.clone()).or_default();
                 if status != RigStatus::Offline {
                     a.hps += d.hashrate_1m_hps;

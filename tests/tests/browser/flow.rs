@@ -144,6 +144,8 @@ async fn operator_flow_in_a_browser() {
     );
     assert_eq!(b.client.current_url().await.unwrap().path(), "/");
     assert!(text(&b, "#totals").await.contains("scrypt"));
+    // The monitored cards that mine nothing make no algorithm card of their own.
+    assert_eq!(count(&b, ".total.algo").await, 2);
     // The live feed confirms statuses: the silent rig turns red, the hot one is yellow, and
     // the fleet counts follow.
     assert!(

@@ -1,6 +1,7 @@
 //! Telemetry sources read from Linux procfs and sysfs (issue 4: "Sources: … Linux hwmon and
 //! powercap (RAPL) sysfs"): rig-level figures ([`host`]), hwmon sensors ([`hwmon`]) and RAPL
-//! energy counters ([`powercap`]).
+//! energy counters ([`powercap`]). NVIDIA GPUs are read through the driver's NVML library
+//! instead ([`gpu`]), loaded at run time so that rigs without the driver run the same binary.
 //!
 //! Every path is resolved under a [`SysRoot`] rather than `/`, so tests point the readers at a
 //! fake tree in a temporary folder. The readers are synchronous and std-only: each read is a few
@@ -8,6 +9,7 @@
 //! task. Missing or malformed files never panic; they give `None` or leave a sensor out, because
 //! a rig without a given sensor (a VM, a container, an old kernel) must still report the rest.
 
+pub mod gpu;
 pub mod host;
 pub mod hwmon;
 pub mod powercap;
