@@ -297,6 +297,19 @@ pub async fn send(ws: &mut Ws, msg: &AgentMessage) {
     ws.send(Message::Text(text.into())).await.unwrap();
 }
 
+/// Skips frames until `pick` takes one; `None` when the link closes or goes quiet for 10 s.
+pub async fn recv_until<T>(
+    ws: &mut Ws,
+    mut pick: impl FnMut(ServerMessage) -> Option<T>,
+) -> Option<T> {
+    while let Some(msg) = recv(ws).await {
+        if let Some(v) = pick(msg) {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// Next protocol frame, `None` on close or after 10 s.
 pub async fn recv(ws: &mut Ws) -> Option<ServerMessage> {
     loop {

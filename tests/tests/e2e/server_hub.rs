@@ -200,13 +200,12 @@ async fn configs_and_commands_are_signed_pushed_and_answered() {
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["version"], round);
             assert_eq!(body["pushed"], true);
-            let order = loop {
-                match recv(&mut ws).await {
-                    Some(ServerMessage::SetConfig(o)) => break o,
-                    Some(_) => continue,
-                    None => panic!("no set_config"),
-                }
-            };
+            let order = recv_until(&mut ws, |m| match m {
+                ServerMessage::SetConfig(o) => Some(o),
+                _ => None,
+            })
+            .await
+            .expect("no set_config");
             let sig = Signature::from_bytes(&order.signature().unwrap());
             server_key
                 .verify_strict(&order.signing_bytes(OrderKind::SetConfig), &sig)
@@ -447,13 +446,12 @@ async fn a_new_rig_gets_the_default_profile_on_connect() {
         let token = ts.enroll_token(r#"{}"#).await;
         let agent = FakeAgent::enroll(ts.addr(), &token, 1).await;
         let mut ws = agent.connect(ts.addr()).await.unwrap();
-        let order = loop {
-            match recv(&mut ws).await {
-                Some(ServerMessage::SetConfig(o)) => break o,
-                Some(_) => continue,
-                None => panic!("no set_config from the default profile"),
-            }
-        };
+        let order = recv_until(&mut ws, |m| match m {
+            ServerMessage::SetConfig(o) => Some(o),
+            _ => None,
+        })
+        .await
+        .expect("no set_config from the default profile");
         let cfg: rigfleet_proto::config::DesiredConfig =
             serde_json::from_str(&order.payload).unwrap();
         assert_eq!(cfg.algorithm, "scrypt");
