@@ -2,6 +2,7 @@
 //! annotations so that the document and the routes cannot drift apart unnoticed (a test walks
 //! both).
 
+pub mod audit;
 pub mod auth;
 pub mod coins;
 pub mod error;
@@ -28,9 +29,10 @@ use crate::app::AppState;
         tokens::list, tokens::create, tokens::revoke,
         profiles::list, profiles::put, profiles::remove,
         coins::list, coins::put, coins::remove,
+        audit::list,
     ),
     modifiers(&BearerAuth),
-    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"))
+    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"), (name = "audit"))
 )]
 pub struct ApiDoc;
 
@@ -75,6 +77,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/coins"),
     ("put", "/api/v1/coins/{algorithm}"),
     ("delete", "/api/v1/coins/{algorithm}"),
+    ("get", "/api/v1/audit"),
 ];
 
 /// The `/api/v1` router.
@@ -118,6 +121,7 @@ pub fn router() -> Router<AppState> {
             "/api/v1/coins/{algorithm}",
             axum::routing::put(coins::put).delete(coins::remove),
         )
+        .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/openapi.json", get(openapi_json))
 }
 

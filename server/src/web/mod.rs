@@ -6,6 +6,7 @@
 //! walk it, so a state-changing route cannot be added without the CSRF/Origin test covering it.
 
 pub mod account;
+pub mod audit;
 pub mod chart;
 pub mod coins;
 pub mod fmt;
@@ -107,6 +108,7 @@ pub fn table() -> Vec<WebRoute> {
         ),
         r(Method::POST, "/rigs/{rig}/remove", post(pages::rig_remove)),
         r(Method::POST, "/bulk", post(pages::bulk)),
+        r(Method::GET, "/audit", get(audit::audit_page)),
         r(Method::GET, "/coins", get(coins::coins_page)),
         r(Method::POST, "/coins", post(coins::coins_save)),
         r(

@@ -400,6 +400,13 @@ async fn operator_flow_in_a_browser() {
         "the saved row"
     );
     b.screenshot("coins-desktop").await;
+    // The change is in the audit log, with who made it.
+    b.client.goto(&format!("{base}/audit")).await.unwrap();
+    let first = text(&b, "#audit-table tr.audit-row").await;
+    assert!(
+        first.contains("coin.put") && first.contains("scrypt") && first.contains(&admin),
+        "{first}"
+    );
     b.client.goto(&format!("{base}/")).await.unwrap();
     let shown = text(&b, ".revenue[data-algorithm=scrypt]").await;
     // ltc-01 mines 9.1 GH/s: 9.1e9 × 86400 / (4e7 × 2^32) blocks × 6.25 LTC × 0.99 × 80 USD.

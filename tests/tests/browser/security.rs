@@ -479,5 +479,20 @@ async fn viewer_cannot_send_commands() {
     assert_eq!(a.status, 403, "{}", a.body);
     let (_, list) = ts.get(&format!("/api/v1/rigs/{}/commands", rigs[0])).await;
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    // Nor read the audit log, which names people and what they did.
+    let a = request(addr, "GET", "/audit", Some(&s.cookie), None, "", &[], "").await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = request(
+        addr,
+        "GET",
+        "/api/v1/audit",
+        Some(&s.cookie),
+        None,
+        "",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
     ts.finish().await;
 }

@@ -149,6 +149,30 @@ async fn coin_data_is_set_listed_checked_and_removed() {
         assert_eq!(list[0]["price"], 90000.0);
         let (status, _) = ts.send("DELETE", "/api/v1/coins/sha256d", "").await;
         assert_eq!(status, 204);
+        // Both changes are audited with the token that made them; readers may not see that.
+        let (status, audit) = ts.get("/api/v1/audit?limit=2").await;
+        assert_eq!(status, 200, "{audit}");
+        let actions: Vec<(&str, &str, &str)> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap(),
+                    e["target"].as_str().unwrap(),
+                    e["actor"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("coin.delete", "sha256d", "token:tests"),
+                ("coin.put", "sha256d", "token:tests")
+            ]
+        );
+        let (status, _) = http(ts.addr(), "GET", "/api/v1/audit", Some(&read), None).await;
+        assert_eq!(status, 403);
         let (status, _) = ts.send("DELETE", "/api/v1/coins/sha256d", "").await;
         assert_eq!(status, 404);
         let (_, list) = ts.get("/api/v1/coins").await;
