@@ -20,3 +20,6 @@ mod key_rotation;
 
 /// The systemd units of `deploy/systemd/` against systemd and the real agent.
 mod deploy_units;
+
+/// `rigfleet-server demo` from a clean folder, as the README's first command runs it.
+mod demo;
