@@ -97,6 +97,9 @@ impl DesiredConfig {
             if p.url.is_empty() || p.user.is_empty() {
                 return Err(ProtoError::invalid("pools", "url and user are required"));
             }
+            p.url
+                .parse::<crate::pool_url::PoolUrl>()
+                .map_err(|e| ProtoError::invalid("pools.url", e.to_string()))?;
         }
         for d in &self.devices {
             d.device_id.validate("devices.device_id")?;
@@ -193,6 +196,14 @@ mod tests {
             threads: None,
         });
         assert!(c.validate().is_err());
+        // A pool URL the agent could not dial is refused with the reason, before anyone signs it.
+        let mut c = config();
+        c.pools[0].url = "pool.example.com:3333".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("pools.url") && err.contains("no scheme"),
+            "{err}"
+        );
         assert!(serde_json::from_str::<DesiredConfig>(
             r#"{"version":1,"algorithm":"","surprise":1}"#
         )

@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod pool_url;
 pub mod server_to_agent;
 pub mod signing;
 pub mod telemetry;

@@ -166,7 +166,7 @@ fn bad_configs() -> Vec<(DesiredConfig, &'static str)> {
     let mut no_pool = ok.clone();
     no_pool.pools.clear();
     vec![
-        (scheme, "pool 0"),
+        (scheme, "scheme"),
         (algorithm, "x11"),
         (power, "power_limit_watts"),
         (no_pool, "pool"),
