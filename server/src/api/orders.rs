@@ -105,7 +105,7 @@ pub async fn put_config(
     }))
 }
 
-fn order_failure(e: crate::hub::OrderError) -> ApiFailure {
+pub(crate) fn order_failure(e: crate::hub::OrderError) -> ApiFailure {
     match e {
         crate::hub::OrderError::Store(s) => s.into(),
         crate::hub::OrderError::Encode(m) => {

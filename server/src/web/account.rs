@@ -100,6 +100,43 @@ async fn password_ok(hash: String, password: String) -> bool {
     .unwrap_or(false)
 }
 
+/// Re-authentication before a change that moves money (pools and wallets): the signed-in
+/// user types their password again, so a session left open on a shared screen or a stolen
+/// cookie is not enough. Wrong passwords count against the same limiter as logins.
+pub(crate) async fn confirm_password(
+    state: &AppState,
+    shared: &WebShared,
+    user: &WebUser,
+    password: &str,
+) -> Result<(), WebError> {
+    let key = format!("user:{}", user.username);
+    if let Some(wait) = shared.limiter.locked_for(&key) {
+        return Err(WebError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many wrong passwords. Wait {wait} seconds before trying again."),
+        ));
+    }
+    let row = state
+        .hub
+        .store
+        .user_by_id(user.user_id)
+        .await?
+        .ok_or_else(|| WebError::forbidden("user gone"))?;
+    if password.is_empty()
+        || password.len() > 1024
+        || !password_ok(row.password_hash, password.to_string()).await
+    {
+        shared.limiter.fail(&key);
+        state.hub.metrics.error("web_reauth_failed");
+        // 401, not 403: the user may do this, once they prove again who they are.
+        return Err(WebError::new(
+            StatusCode::UNAUTHORIZED,
+            "Your password is wrong: nothing was changed.",
+        ));
+    }
+    Ok(())
+}
+
 fn session_response(state: &AppState, value: &str) -> Response {
     let res = Redirect::to("/").into_response();
     let res = with_cookie(

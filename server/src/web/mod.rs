@@ -12,6 +12,7 @@ pub mod coins;
 pub mod fmt;
 pub mod live;
 pub mod pages;
+pub mod rig_config;
 pub mod session;
 pub mod totp;
 pub mod users;
@@ -101,6 +102,11 @@ pub fn table() -> Vec<WebRoute> {
             post(pages::rig_command),
         ),
         r(Method::POST, "/rigs/{rig}/edit", post(pages::rig_edit)),
+        r(
+            Method::POST,
+            "/rigs/{rig}/config",
+            post(rig_config::rig_config),
+        ),
         r(
             Method::POST,
             "/rigs/{rig}/approve",

@@ -605,6 +605,9 @@ struct RigPage {
     desired_version: u64,
     applied: String,
     desired_json: Option<String>,
+    config_algorithm: String,
+    config_pools: Vec<super::rig_config::PoolRow>,
+    algorithms: &'static [&'static str],
 }
 
 const RANGES: &[(&str, i64)] = &[
@@ -776,16 +779,15 @@ pub async fn rig_page(
                 })
                 .collect();
             // Pool passwords and wallets live in the config: operators and admins only.
-            let desired_json = if user.can_write() {
-                state
-                    .hub
-                    .store
-                    .desired_config(row.id)
-                    .await?
-                    .and_then(|d| serde_json::to_string_pretty(&d.config).ok())
+            let desired = if user.can_write() {
+                state.hub.store.desired_config(row.id).await?
             } else {
                 None
             };
+            let desired_json = desired
+                .as_ref()
+                .and_then(|d| serde_json::to_string_pretty(&d.config).ok());
+            let desired = desired.map(|d| d.config);
             let c = &detail.config;
             let applied = match (c.applied_version, c.applied_ok) {
                 (None, _) => "nothing reported yet".to_string(),
@@ -841,6 +843,12 @@ pub async fn rig_page(
                 desired_version: c.desired_version,
                 applied,
                 desired_json,
+                config_algorithm: desired
+                    .as_ref()
+                    .map(|c| c.algorithm.clone())
+                    .unwrap_or_default(),
+                config_pools: super::rig_config::pool_rows(desired.as_ref()),
+                algorithms: super::rig_config::SUGGESTED_ALGORITHMS,
             };
             render(&page)
         }

@@ -496,3 +496,158 @@ async fn viewer_cannot_send_commands() {
     assert_eq!(a.status, 403, "{}", a.body);
     ts.finish().await;
 }
+
+/// Pointing a rig at other pools (other wallets) from its page takes the user's password again:
+/// a wrong or missing one changes nothing and counts toward the login lockout; a bad pool URL is
+/// refused with its reason; done right, the rig gets a signed `set_config` with the new pools
+/// and the audit log names who changed which wallet, without the pool password. A viewer gets
+/// no form and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_pools_takes_the_password_again() {
+    let ts = start_on(TestDb::sqlite().await.unwrap()).await;
+    let addr = ts.addr();
+    let token = ts.enroll_token(r#"{"max_uses": 1}"#).await;
+    let agent = FakeAgent::enroll(addr, &token, 1).await;
+    let rig = agent.rig_ids[0].0.clone();
+    let mut ws = agent.connect(addr).await.expect("agent connects");
+    let store = ts.server.hub.store.clone();
+    let rig_row = store.rig_by_uid(&rig).await.unwrap().unwrap();
+    let before = store.desired_config(rig_row.id).await.unwrap();
+
+    let (_, pw) = add_user(&ts, "olga", Role::Operator).await;
+    let s = login(addr, "olga", &pw).await.unwrap();
+    let origin = format!("http://{addr}");
+    let page_path = format!("/rigs/{rig}");
+    let page = request(addr, "GET", &page_path, Some(&s.cookie), None, "", &[], "").await;
+    assert!(
+        page.body.contains(r#"id="config-form""#),
+        "operator sees the form"
+    );
+
+    let path = format!("/rigs/{rig}/config");
+    let post = |form: String| {
+        let (cookie, origin, path) = (s.cookie.clone(), origin.clone(), path.clone());
+        async move {
+            request(
+                addr,
+                "POST",
+                &path,
+                Some(&cookie),
+                Some(&origin),
+                FORM,
+                &[],
+                &form,
+            )
+            .await
+        }
+    };
+    let form = |url: &str, password: &str| {
+        format!(
+            "csrf={}&algorithm=sha256d&pool_url={}&pool_user=bc1qnewwallet.rig1&pool_password=poolsecret&pool_url=&pool_user=&pool_password=&confirm_password={}",
+            enc(&s.csrf),
+            enc(url),
+            enc(password)
+        )
+    };
+    let good_url = "stratum+tcp://pool.example.com:3333";
+    for (why, body, status, needle) in [
+        (
+            "a wrong password",
+            form(good_url, "not-the-password"),
+            401,
+            "password is wrong",
+        ),
+        ("no password", form(good_url, ""), 401, "password is wrong"),
+        (
+            "a URL without a scheme",
+            form("pool.example.com:3333", &pw),
+            400,
+            "no scheme",
+        ),
+        (
+            "a URL without a port",
+            form("stratum+tcp://pool.example.com", &pw),
+            400,
+            "no port",
+        ),
+    ] {
+        let a = post(body).await;
+        assert_eq!(a.status, status, "{why}: {}", a.body);
+        assert!(a.body.contains(needle), "{why}: {}", a.body);
+        let now = store.desired_config(rig_row.id).await.unwrap();
+        assert_eq!(
+            now.map(|d| d.version),
+            before.as_ref().map(|d| d.version),
+            "{why} changes nothing"
+        );
+    }
+
+    let a = post(form(good_url, &pw)).await;
+    assert_eq!(a.status, 303, "{}", a.body);
+    let d = store
+        .desired_config(rig_row.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(d.config.pools.len(), 1);
+    assert_eq!(d.config.pools[0].url, good_url);
+    assert_eq!(d.config.pools[0].user, "bc1qnewwallet.rig1");
+    assert_eq!(d.version, before.map_or(0, |b| b.version) + 1);
+    let order = rigfleet_tests::server::recv_until(&mut ws, |m| match m {
+        rigfleet_proto::ServerMessage::SetConfig(o) if o.payload.contains("bc1qnewwallet") => {
+            Some(o)
+        }
+        _ => None,
+    })
+    .await
+    .expect("the rig is sent the new config");
+    assert!(!order.sig.is_empty());
+    let audit = store.list_audit(10, None).await.unwrap();
+    let entry = audit
+        .iter()
+        .find(|e| e.action == "rig.config")
+        .expect("audited");
+    assert_eq!(entry.actor, "user:olga");
+    assert!(
+        entry.detail.contains("bc1qnewwallet.rig1"),
+        "{}",
+        entry.detail
+    );
+    assert!(!entry.detail.contains("poolsecret"), "{}", entry.detail);
+
+    // Wrong passwords count like failed logins: enough of them lock the user out for a while.
+    for _ in 0..5 {
+        post(form(good_url, "guess")).await;
+    }
+    let a = post(form(good_url, &pw)).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(
+        login(addr, "olga", &pw).await.is_none(),
+        "logins are locked too"
+    );
+
+    let (_, vpw) = add_user(&ts, "vera", Role::Viewer).await;
+    let v = login(addr, "vera", &vpw).await.unwrap();
+    let page = request(addr, "GET", &page_path, Some(&v.cookie), None, "", &[], "").await;
+    assert!(!page.body.contains("config-form"));
+    let body = format!(
+        "csrf={}&algorithm=sha256d&pool_url={}&pool_user=thief.1&pool_password=x&confirm_password={}",
+        enc(&v.csrf),
+        enc(good_url),
+        enc(&vpw)
+    );
+    let a = request(
+        addr,
+        "POST",
+        &path,
+        Some(&v.cookie),
+        Some(&origin),
+        FORM,
+        &[],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    drop(ws);
+    ts.finish().await;
+}
