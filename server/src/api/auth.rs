@@ -22,6 +22,8 @@ pub struct Caller {
     pub actor: String,
     /// The strongest scope held.
     pub level: Scope,
+    /// Signed in with a dashboard session cookie rather than an API token.
+    pub via_session: bool,
 }
 
 fn rank(s: Scope) -> u8 {
@@ -33,6 +35,18 @@ fn rank(s: Scope) -> u8 {
 }
 
 impl Caller {
+    /// Refuses session cookies for changes that redirect money (pools, wallets): in the
+    /// dashboard those take the user's password again, and a stolen cookie must not get around
+    /// that through the API. Scripts use API tokens, which are not cookies.
+    pub fn require_token(&self, what: &str) -> Result<(), ApiFailure> {
+        if self.via_session {
+            return Err(ApiFailure::forbidden(format!(
+                "{what} through the API needs an API token; in the dashboard the rig page asks for your password"
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses with 403 unless the caller holds `needed` (or a stronger scope).
     pub fn require(&self, needed: Scope) -> Result<(), ApiFailure> {
         if rank(self.level) >= rank(needed) {
@@ -97,6 +111,7 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             actor: format!("token:{}", row.name),
             level,
+            via_session: false,
         })
     }
 }
@@ -129,5 +144,6 @@ async fn session_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiFa
     Ok(Caller {
         actor: user.actor(),
         level: user.scope(),
+        via_session: true,
     })
 }

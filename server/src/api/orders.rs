@@ -66,6 +66,7 @@ pub async fn put_config(
     body: axum::body::Bytes,
 ) -> Result<Json<ConfigView>, ApiFailure> {
     caller.require(Scope::Write)?;
+    caller.require_token("changing a rig's pools")?;
     let row = find_rig(&state, &uid).await?;
     let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiFailure::bad_request(format!("invalid JSON: {e}")))?;

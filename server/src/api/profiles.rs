@@ -68,6 +68,7 @@ pub async fn put(
     Json(req): Json<ProfileRequest>,
 ) -> Result<Json<ProfileView>, ApiFailure> {
     caller.require(Scope::Write)?;
+    caller.require_token("changing a profile's pools")?;
     if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiFailure::bad_request("name must be 1 to 64 characters"));
     }

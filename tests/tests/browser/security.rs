@@ -615,6 +615,33 @@ async fn changing_pools_takes_the_password_again() {
     );
     assert!(!entry.detail.contains("poolsecret"), "{}", entry.detail);
 
+    // The REST API does not let the session cookie around the password: tokens only.
+    let api_body = format!(
+        r#"{{"algorithm":"sha256d","pools":[{{"url":"{good_url}","user":"thief.1","password":"x"}}],"devices":[]}}"#
+    );
+    let a = request(
+        addr,
+        "PUT",
+        &format!("/api/v1/rigs/{rig}/config"),
+        Some(&s.cookie),
+        Some(&origin),
+        "application/json",
+        &[("X-CSRF-Token", s.csrf.as_str())],
+        &api_body,
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(a.body.contains("API token"), "{}", a.body);
+    assert_eq!(
+        store
+            .desired_config(rig_row.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        d.version
+    );
+
     // Wrong passwords count like failed logins: enough of them lock the user out for a while.
     for _ in 0..5 {
         post(form(good_url, "guess")).await;
