@@ -273,6 +273,40 @@ async fn operator_flow_in_a_browser() {
     println!("offline shown {:?} after the last sample", silent.elapsed());
     live.set(3, |f| f.reporting = true);
 
+    // Point the rig at another pool from its page: the form asks for the password again.
+    b.client.goto(rig_url.as_str()).await.unwrap();
+    b.js("document.getElementById('config-editor').open = true; return 1;")
+        .await;
+    let fill = |css: &'static str, value: String| {
+        let client = b.client.clone();
+        async move {
+            let field = client.find(Locator::Css(css)).await.unwrap();
+            field.clear().await.unwrap();
+            field.send_keys(&value).await.unwrap();
+        }
+    };
+    fill("#config-algorithm", "sha256d".into()).await;
+    fill(".pool-url", "stratum+tcp://pool.example.com:3333".into()).await;
+    fill(".pool-user", "bc1qflow.beta01".into()).await;
+    fill("#config-confirm", password.clone()).await;
+    b.client
+        .find(Locator::Id("config-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        b.wait_js(
+            "document.getElementById('rig-name') && \
+             document.querySelector('#config-editor') && \
+             [...document.querySelectorAll('pre')].some(p => p.textContent.includes('bc1qflow.beta01'))",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the new pool is the rig's desired config"
+    );
+
     // Add rigs: a token, the command and the fingerprint.
     b.client.goto(&format!("{base}/add-rigs")).await.unwrap();
     b.client
