@@ -23,3 +23,6 @@ mod deploy_units;
 
 /// `rigfleet-server demo` from a clean folder, as the README's first command runs it.
 mod demo;
+
+/// PostgreSQL vanishing under a running server and the real agent.
+mod database_outage;
