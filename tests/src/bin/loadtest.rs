@@ -40,6 +40,10 @@ struct Args {
     /// Kill -9 the server after the run, restart it and time the fleet's return.
     #[arg(long)]
     storm: bool,
+    /// After the run, change every rig's pools through the REST API and time until every
+    /// rig has applied the new config.
+    #[arg(long)]
+    push: bool,
     /// Port for the server.
     #[arg(long, default_value_t = 18080)]
     port: u16,
@@ -251,6 +255,101 @@ async fn check_contiguity(store: &Store) -> Result<Contiguity> {
     Ok(out)
 }
 
+/// Every rig, as the store lists them.
+async fn all_rigs(store: &Store) -> Result<Vec<rigfleet_server::db::RigRow>> {
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .list_rigs(&RigFilter {
+                limit: 1000,
+                offset: out.len() as i64,
+                ..Default::default()
+            })
+            .await?;
+        let done = page.items.is_empty();
+        out.extend(page.items);
+        if done || out.len() as i64 >= page.total {
+            return Ok(out);
+        }
+    }
+}
+
+/// A fleet-wide pool change as a script does it: one `PUT /api/v1/rigs/{rig}/config` per rig
+/// (16 in flight), timed until every rig reports the new version applied.
+async fn push_pools(store: &Store, port: u16, rigs: usize) -> Result<()> {
+    use futures_util::StreamExt;
+    let token = rigfleet_server::startup::create_api_token(
+        store,
+        "loadtest-push",
+        rigfleet_server::db::Scope::Admin,
+    )
+    .await?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let targets: Vec<(String, u64)> = all_rigs(store)
+        .await?
+        .into_iter()
+        .map(|r| (r.rig_uid, r.desired_version + 1))
+        .collect();
+    let body = r#"{"algorithm":"sha256d","pools":[{"url":"stratum+tcp://pool-b.example.net:3333","user":"bc1qloadtestwallet.rig","password":"x"}],"devices":[]}"#;
+    let started = Instant::now();
+    let failures = futures_util::stream::iter(targets.iter())
+        .map(|(uid, _)| {
+            let token = token.clone();
+            async move {
+                let path = format!("/api/v1/rigs/{uid}/config");
+                match try_http(addr, "PUT", &path, Some(&token), Some(body)).await {
+                    Ok((200, _)) => 0usize,
+                    _ => 1,
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .fold(0, |n, f| async move { n + f })
+        .await;
+    let sent = started.elapsed();
+    let want: std::collections::HashMap<&str, u64> =
+        targets.iter().map(|(u, v)| (u.as_str(), *v)).collect();
+    let (mut half, mut p99, mut all) = (None, None, None);
+    while started.elapsed() < Duration::from_secs(300) {
+        let applied = all_rigs(store)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.applied_ok == Some(true)
+                    && want
+                        .get(r.rig_uid.as_str())
+                        .is_some_and(|v| r.applied_version >= Some(*v))
+            })
+            .count();
+        let t = started.elapsed();
+        if applied * 2 >= targets.len() {
+            half.get_or_insert(t);
+        }
+        if applied * 100 >= targets.len() * 99 {
+            p99.get_or_insert(t);
+        }
+        if applied == targets.len() {
+            all = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = |d: Option<Duration>| {
+        d.map_or("not within 300 s".into(), |d| {
+            format!("{:.2} s", d.as_secs_f64())
+        })
+    };
+    println!(
+        "push: new pools to {} rigs ({rigs} expected), {failures} PUTs refused; every PUT answered in {:.2} s; applied by half {}, by 99 % {}, by all {}",
+        targets.len(),
+        sent.as_secs_f64(),
+        secs(half),
+        secs(p99),
+        secs(all)
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -392,6 +491,10 @@ async fn main() -> Result<()> {
         size_after as f64 / 1048576.0,
         growth / args.rigs as f64 * 86400.0 / elapsed / 1048576.0
     );
+
+    if args.push {
+        push_pools(&store, args.port, args.rigs).await?;
+    }
 
     if args.storm {
         let before = check_contiguity(&store).await?;
