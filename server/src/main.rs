@@ -170,6 +170,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(&cli.common.overrides())?;
+    let _trimmer = rigfleet_server::heap::spawn_trimmer(std::time::Duration::from_secs(30));
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Demo(args) => rigfleet_server::demo::run(args).await,
