@@ -60,7 +60,7 @@ use crate::session::{
     run_session, JobEvent, ProtocolCounters, SessionCommand, SessionConfig, SessionEnd,
     SessionEvent,
 };
-use crate::shares::{ShareOutcome, StaleKind};
+use crate::shares::{ShareDifficulty, ShareOutcome, StaleKind};
 use crate::transport::{
     connect_timeout, tls_client_config, Connector, Endpoint, NetConnector, Scheme,
 };
@@ -613,7 +613,13 @@ impl Runner {
             }
             SessionEvent::ShareNotSent { job_id } => {
                 link.in_flight = link.in_flight.saturating_sub(1);
-                self.record_share(pool, job_id, ShareOutcome::Dropped, 0.0, None);
+                self.record_share(
+                    pool,
+                    job_id,
+                    ShareOutcome::Dropped,
+                    ShareDifficulty::default(),
+                    None,
+                );
             }
             other => self.on_common_event(pool, false, other),
         }
@@ -749,7 +755,7 @@ impl Runner {
             let mut status = self.shared.status();
             let shares = &mut status.pools[link.pool].shares;
             for _ in 0..link.in_flight {
-                shares.record(&ShareOutcome::Unanswered, 0.0, None);
+                shares.record(&ShareOutcome::Unanswered, ShareDifficulty::default(), None);
             }
         }
     }
@@ -865,7 +871,14 @@ impl Runner {
         };
         let pool = entry.pool;
         let job_id = entry.template.notify.job_id.clone();
-        let difficulty = share.difficulty();
+        // The pool credits the difficulty of the job's target, not the luck of this hash.
+        let difficulty = ShareDifficulty {
+            pool: entry
+                .template
+                .target
+                .to_difficulty(entry.template.algorithm),
+            hash: share.difficulty(),
+        };
         let link = self
             .active
             .as_mut()
@@ -905,16 +918,21 @@ impl Runner {
         pool: usize,
         job_id: String,
         outcome: ShareOutcome,
-        difficulty: f64,
+        difficulty: ShareDifficulty,
         latency: Option<Duration>,
     ) {
+        let pool_difficulty = difficulty.pool;
         // Accepted shares are routine (debug); the others are what operators look for.
         match &outcome {
-            ShareOutcome::Accepted => tracing::debug!(job_id, difficulty, "Share accepted"),
-            ShareOutcome::Rejected(error) => {
-                tracing::warn!(job_id, difficulty, %error, "Share rejected");
+            ShareOutcome::Accepted => {
+                tracing::debug!(job_id, difficulty = pool_difficulty, "Share accepted");
             }
-            other => tracing::info!(job_id, difficulty, outcome = %other, "Share not accepted"),
+            ShareOutcome::Rejected(error) => {
+                tracing::warn!(job_id, difficulty = pool_difficulty, %error, "Share rejected");
+            }
+            other => {
+                tracing::info!(job_id, difficulty = pool_difficulty, outcome = %other, "Share not accepted");
+            }
         }
         self.shared.status().pools[pool]
             .shares
@@ -923,7 +941,7 @@ impl Runner {
             pool: self.pool_ref(pool),
             job_id,
             outcome,
-            difficulty,
+            difficulty: difficulty.hash,
         });
     }
 }

@@ -44,6 +44,7 @@ use crate::message::{
     ClientRequest, ConfigureResult, Frame, Notify, ServerMessage, StratumError, Submit,
     SubscribeResult, VersionRollingRequest,
 };
+use crate::shares::ShareDifficulty;
 
 /// What we tell pools we are, in `mining.subscribe` and `client.get_version`.
 pub const USER_AGENT: &str = concat!("rigfleet/", env!("CARGO_PKG_VERSION"));
@@ -134,8 +135,8 @@ pub enum SessionCommand {
     Submit {
         /// The `mining.submit` params.
         submit: Submit,
-        /// The share's own difficulty (for statistics).
-        difficulty: f64,
+        /// The pool difficulty it is submitted against and its hash's own (for statistics).
+        difficulty: ShareDifficulty,
     },
 }
 
@@ -182,15 +183,15 @@ pub enum SessionEvent {
         answer: Result<(), StratumError>,
         /// From writing the submit to reading the answer.
         latency: Duration,
-        /// The share's own difficulty.
-        difficulty: f64,
+        /// The share's difficulties, as submitted.
+        difficulty: ShareDifficulty,
     },
     /// A submit got no answer in time.
     ShareUnanswered {
         /// The pool's job id.
         job_id: String,
-        /// The share's own difficulty.
-        difficulty: f64,
+        /// The share's difficulties, as submitted.
+        difficulty: ShareDifficulty,
     },
     /// A share could not be sent (too many requests awaiting answers).
     ShareNotSent {
@@ -323,11 +324,16 @@ struct Pending {
 
 enum PendingKind {
     Configure,
-    Subscribe { resuming: bool },
+    Subscribe {
+        resuming: bool,
+    },
     Authorize,
     ExtranonceSubscribe,
     SuggestDifficulty,
-    Submit { job_id: String, difficulty: f64 },
+    Submit {
+        job_id: String,
+        difficulty: ShareDifficulty,
+    },
 }
 
 impl PendingKind {
@@ -546,7 +552,11 @@ impl<S: AsyncRead + AsyncWrite + Send> Session<S> {
         Ok(Some(id))
     }
 
-    async fn submit(&mut self, submit: Submit, difficulty: f64) -> Result<(), SessionEnd> {
+    async fn submit(
+        &mut self,
+        submit: Submit,
+        difficulty: ShareDifficulty,
+    ) -> Result<(), SessionEnd> {
         let job_id = submit.job_id.clone();
         let kind = PendingKind::Submit {
             job_id: job_id.clone(),
@@ -1143,7 +1153,8 @@ mod tests {
         assert_eq!(job.template.version_mask, REQUESTED_VERSION_MASK);
 
         // Two submits answered in reverse order.
-        for (job_id, difficulty) in [("early", 1.0), ("early2", 2.0)] {
+        for (job_id, pool) in [("early", 1.0), ("early2", 2.0)] {
+            let difficulty = ShareDifficulty { pool, hash: 5.0 };
             h.commands
                 .send(SessionCommand::Submit {
                     submit: Submit {
@@ -1343,7 +1354,10 @@ mod tests {
                     nonce: 2,
                     version_bits: None,
                 },
-                difficulty: 3.0,
+                difficulty: ShareDifficulty {
+                    pool: 3.0,
+                    hash: 7.0,
+                },
             })
             .await
             .unwrap();
@@ -1351,7 +1365,7 @@ mod tests {
         loop {
             match h.next_event().await {
                 SessionEvent::ShareUnanswered { job_id, difficulty } => {
-                    assert_eq!((job_id.as_str(), difficulty), ("j", 3.0));
+                    assert_eq!((job_id.as_str(), difficulty.pool), ("j", 3.0));
                     break;
                 }
                 SessionEvent::ShareAnswered { .. } => panic!("no answer was sent"),

@@ -118,6 +118,20 @@ impl LatencyStats {
     }
 }
 
+/// The two difficulties of one share.
+///
+/// A pool credits a share with the difficulty it asked for when it sent the job (the share
+/// target), however far below that target the hash happens to fall; "Difficulty Accepted" sums
+/// that. How far below is luck, and only feeds the best-share figure.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ShareDifficulty {
+    /// The difficulty the share was submitted against: the pool's difficulty for its job.
+    pub pool: f64,
+    /// The difficulty of the share's own hash (at least [`ShareDifficulty::pool`] for a share
+    /// that meets its target).
+    pub hash: f64,
+}
+
 /// Share counters of one pool (over every connection to it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShareStats {
@@ -138,7 +152,7 @@ pub struct ShareStats {
     pub unanswered: u64,
     /// From `mining.submit` to the pool's answer.
     pub latency: LatencyStats,
-    /// Highest share difficulty the pool accepted.
+    /// Highest difficulty of an accepted share's own hash (the best share).
     pub best_difficulty: f64,
 }
 
@@ -158,18 +172,27 @@ impl ShareStats {
         self.submitted += 1;
     }
 
-    /// Counts what became of a share: `difficulty` is the share's own difficulty, `latency`
-    /// the time to the pool's answer when there was one.
-    pub fn record(&mut self, outcome: &ShareOutcome, difficulty: f64, latency: Option<Duration>) {
+    /// Counts what became of a share: `difficulty` holds the pool difficulty it was submitted
+    /// against (summed into [`ShareStats::accepted_difficulty`]) and its hash's own (for
+    /// [`ShareStats::best_difficulty`]); `latency` is the time to the pool's answer when there
+    /// was one.
+    pub fn record(
+        &mut self,
+        outcome: &ShareOutcome,
+        difficulty: ShareDifficulty,
+        latency: Option<Duration>,
+    ) {
         if let Some(latency) = latency {
             self.latency.record(latency);
         }
         match outcome {
             ShareOutcome::Accepted => {
                 self.accepted += 1;
-                if difficulty.is_finite() {
-                    self.accepted_difficulty += difficulty;
-                    self.best_difficulty = self.best_difficulty.max(difficulty);
+                if difficulty.pool.is_finite() && difficulty.pool > 0.0 {
+                    self.accepted_difficulty += difficulty.pool;
+                }
+                if difficulty.hash.is_finite() {
+                    self.best_difficulty = self.best_difficulty.max(difficulty.hash);
                 }
             }
             ShareOutcome::Rejected(e) => {
@@ -214,14 +237,23 @@ mod tests {
             let outcome = ShareOutcome::from_answer(answer);
             s.record(
                 &outcome,
-                i as f64 + 1.0,
+                ShareDifficulty {
+                    pool: i as f64 + 1.0,
+                    hash: 10.0 * (i as f64 + 1.0),
+                },
                 Some(Duration::from_millis(10 * (i as u64 + 1))),
             );
         }
         assert_eq!(s.submitted, 9);
         assert_eq!(s.accepted, 2);
-        assert_eq!(s.accepted_difficulty, 3.0);
-        assert_eq!(s.best_difficulty, 2.0, "only accepted shares count as best");
+        assert_eq!(
+            s.accepted_difficulty, 3.0,
+            "the pool difficulty, not the hash's"
+        );
+        assert_eq!(
+            s.best_difficulty, 20.0,
+            "only accepted shares count as best"
+        );
         assert_eq!(s.stale, 1, "21 is stale, not rejected");
         assert_eq!(s.rejected_with(21), 0);
         assert_eq!(s.rejected_with(22), 1);
@@ -240,9 +272,13 @@ mod tests {
     #[test]
     fn local_outcomes_have_their_own_counters() {
         let mut s = ShareStats::default();
-        s.record(&ShareOutcome::Stale(StaleKind::Replaced), 1.0, None);
-        s.record(&ShareOutcome::Dropped, 1.0, None);
-        s.record(&ShareOutcome::Unanswered, 1.0, None);
+        let d = ShareDifficulty {
+            pool: 1.0,
+            hash: 1.0,
+        };
+        s.record(&ShareOutcome::Stale(StaleKind::Replaced), d, None);
+        s.record(&ShareOutcome::Dropped, d, None);
+        s.record(&ShareOutcome::Unanswered, d, None);
         assert_eq!((s.stale, s.dropped, s.unanswered), (1, 1, 1));
         assert_eq!((s.accepted, s.rejected_total(), s.latency.count), (0, 0, 0));
     }
@@ -253,7 +289,7 @@ mod tests {
         for code in 100..200 {
             s.record(
                 &ShareOutcome::Rejected(StratumError::new(code, "x".repeat(1000))),
-                1.0,
+                ShareDifficulty::default(),
                 None,
             );
         }

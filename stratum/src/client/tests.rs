@@ -325,6 +325,55 @@ async fn pool_error_codes_are_counted_by_code() {
     }
 }
 
+/// Issue 11, item 11: a pool credits the difficulty it asked for, so "Difficulty Accepted" sums
+/// that, while the best share is the luckiest hash's own difficulty.
+#[tokio::test]
+async fn accepted_difficulty_is_the_pool_difficulty_and_best_share_the_hash() {
+    let net = Arc::new(FakeNet::default());
+    net.add(
+        "p",
+        AutoPoolScript {
+            difficulty: 4.0,
+            ..AutoPoolScript::default()
+        },
+        true,
+    );
+    let mut h = start(net, vec![pool("p", 0)]);
+    h.until_mining_on(0).await;
+    let mut best = 0.0f64;
+    for lucky_byte in [1u8, 0x40] {
+        let mut s = share(h.sink.work());
+        // Read little-endian: 2^192 or so, a hash far below the difficulty-4 target.
+        s.hash = [0; 32];
+        s.hash[24] = lucky_byte;
+        let own = s.difficulty();
+        assert!(own > 1e6, "a lucky hash: {own}");
+        best = best.max(own);
+        h.shares.send(s).await.unwrap();
+        let events = h.until(|e| matches!(e, ClientEvent::Share { .. })).await;
+        match events.last() {
+            Some(ClientEvent::Share {
+                outcome,
+                difficulty,
+                ..
+            }) => {
+                assert_eq!(outcome, &ShareOutcome::Accepted);
+                assert_eq!(*difficulty, own, "events carry the share's own difficulty");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let stats = h.handle.snapshot().pools[0].shares.clone();
+    assert_eq!(stats.accepted, 2);
+    assert!(
+        (stats.accepted_difficulty - 8.0).abs() < 1e-9,
+        "two shares at pool difficulty 4: {}",
+        stats.accepted_difficulty
+    );
+    assert_eq!(stats.best_difficulty, best);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn fails_over_when_the_primary_refuses_and_returns_to_it_when_it_recovers() {
     let net = Arc::new(FakeNet::default());
