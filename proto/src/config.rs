@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ProtoError;
 use crate::ids::DeviceId;
 use crate::limits::{MAX_DEVICES_PER_RIG, MAX_NAME_LEN, MAX_POOLS, MAX_URL_LEN};
-use crate::validate::{check_count, check_len};
+use crate::validate::check_count;
 
 /// What a rig should be doing.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -85,36 +85,164 @@ impl DesiredConfig {
         hex(&Sha256::digest(bytes))
     }
 
-    /// Checks limits and fields.
+    /// Checks limits and fields; the error names the first problem (see
+    /// [`DesiredConfig::field_errors`] for all of them, each with its path).
     pub fn validate(&self) -> Result<(), ProtoError> {
-        check_len("algorithm", &self.algorithm, MAX_NAME_LEN)?;
-        check_count("pools", &self.pools, MAX_POOLS)?;
-        check_count("devices", &self.devices, MAX_DEVICES_PER_RIG)?;
-        for p in &self.pools {
-            check_len("pools.url", &p.url, MAX_URL_LEN)?;
-            check_len("pools.user", &p.user, MAX_NAME_LEN)?;
-            check_len("pools.password", &p.password, MAX_NAME_LEN)?;
-            if p.url.is_empty() || p.user.is_empty() {
-                return Err(ProtoError::invalid("pools", "url and user are required"));
-            }
-            p.url
-                .parse::<crate::pool_url::PoolUrl>()
-                .map_err(|e| ProtoError::invalid("pools.url", e.to_string()))?;
+        match self.field_errors().into_iter().next() {
+            Some(e) => Err(ProtoError::invalid(e.kind, e.message)),
+            None => Ok(()),
         }
-        for d in &self.devices {
-            d.device_id.validate("devices.device_id")?;
-            if d.fan_percent.is_some_and(|f| f > 100) {
-                return Err(ProtoError::invalid("devices.fan_percent", "above 100"));
+    }
+
+    /// Every problem of the config, each with the path of its field (`pools[1].url`,
+    /// `devices[0].threads`): what the server answers before it stores or signs anything, and
+    /// what the agent checks again before it applies.
+    pub fn field_errors(&self) -> Vec<ConfigFieldError> {
+        let mut out = Vec::new();
+        let mut push = |field: String, kind: &'static str, message: String| {
+            out.push(ConfigFieldError {
+                field,
+                kind,
+                message,
+            })
+        };
+        let len = |s: &str, max: usize| (s.len() > max).then(|| format!("longer than {max} bytes"));
+        if let Some(m) = len(&self.algorithm, MAX_NAME_LEN) {
+            push("algorithm".into(), "algorithm", m);
+        }
+        if let Err(e) = check_count("pools", &self.pools, MAX_POOLS) {
+            push("pools".into(), "pools", reason(e));
+        }
+        if let Err(e) = check_count("devices", &self.devices, MAX_DEVICES_PER_RIG) {
+            push("devices".into(), "devices", reason(e));
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            if let Some(m) = len(&p.url, MAX_URL_LEN) {
+                push(format!("pools[{i}].url"), "pools.url", m);
+            } else if p.url.is_empty() {
+                push(
+                    format!("pools[{i}].url"),
+                    "pools",
+                    "url and user are required".into(),
+                );
+            } else if let Err(e) = p.url.parse::<crate::pool_url::PoolUrl>() {
+                push(format!("pools[{i}].url"), "pools.url", e.to_string());
             }
+            if let Some(m) = len(&p.user, MAX_NAME_LEN) {
+                push(format!("pools[{i}].user"), "pools.user", m);
+            } else if p.user.is_empty() {
+                push(
+                    format!("pools[{i}].user"),
+                    "pools",
+                    "url and user are required".into(),
+                );
+            }
+            if let Some(m) = len(&p.password, MAX_NAME_LEN) {
+                push(format!("pools[{i}].password"), "pools.password", m);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Err(e) = d.device_id.validate("devices.device_id") {
+                push(
+                    format!("devices[{i}].device_id"),
+                    "devices.device_id",
+                    reason(e),
+                );
+            } else if !seen.insert(d.device_id.as_str()) {
+                push(
+                    format!("devices[{i}].device_id"),
+                    "devices.device_id",
+                    "listed twice".into(),
+                );
+            }
+            let ranges: [(&str, &'static str, Option<u32>, (u32, u32)); 5] = [
+                (
+                    "power_limit_watts",
+                    "devices.power_limit_watts",
+                    d.power_limit_watts,
+                    POWER_LIMIT_WATTS,
+                ),
+                (
+                    "core_clock_mhz",
+                    "devices.core_clock_mhz",
+                    d.core_clock_mhz,
+                    CORE_CLOCK_MHZ,
+                ),
+                (
+                    "memory_clock_mhz",
+                    "devices.memory_clock_mhz",
+                    d.memory_clock_mhz,
+                    MEMORY_CLOCK_MHZ,
+                ),
+                (
+                    "fan_percent",
+                    "devices.fan_percent",
+                    d.fan_percent.map(u32::from),
+                    FAN_PERCENT,
+                ),
+                ("threads", "devices.threads", d.threads, THREADS),
+            ];
+            for (name, kind, value, range) in ranges {
+                if let Some(m) = out_of(value, range) {
+                    push(format!("devices[{i}].{name}"), kind, m);
+                }
+            }
+        }
+        if let Some(m) = out_of(self.telemetry_interval_secs, TELEMETRY_INTERVAL_SECS) {
+            push(
+                "telemetry_interval_secs".into(),
+                "telemetry_interval_secs",
+                m,
+            );
         }
         if !self.algorithm.is_empty() && self.pools.is_empty() {
-            return Err(ProtoError::invalid(
+            push(
+                "pools".into(),
                 "pools",
-                "an algorithm needs at least one pool",
-            ));
+                "an algorithm needs at least one pool".into(),
+            );
         }
-        Ok(())
+        out
     }
+}
+
+/// Allowed power limit of one device (W): a USB stick draws a few watts, a hydro-cooled ASIC
+/// several kilowatts.
+pub const POWER_LIMIT_WATTS: (u32, u32) = (1, 20_000);
+/// Allowed core clock (MHz).
+pub const CORE_CLOCK_MHZ: (u32, u32) = (1, 10_000);
+/// Allowed memory clock (MHz; some tools give GDDR's effective rate, above 20,000).
+pub const MEMORY_CLOCK_MHZ: (u32, u32) = (1, 40_000);
+/// Allowed fan target (%).
+pub const FAN_PERCENT: (u32, u32) = (0, 100);
+/// Allowed CPU worker threads.
+pub const THREADS: (u32, u32) = (1, 4_096);
+/// Allowed telemetry interval (s), as the server's own setting.
+pub const TELEMETRY_INTERVAL_SECS: (u32, u32) = (1, 3_600);
+
+fn out_of(value: Option<u32>, (min, max): (u32, u32)) -> Option<String> {
+    value
+        .filter(|v| !(min..=max).contains(v))
+        .map(|v| format!("{v} is out of range: must be {min} to {max}"))
+}
+
+fn reason(e: ProtoError) -> String {
+    match e {
+        ProtoError::Invalid { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// One problem of a desired config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFieldError {
+    /// The field's path in the config (`pools[1].url`, `devices[0].threads`).
+    pub field: String,
+    /// The field without indexes (`pools.url`), as [`ProtoError::Invalid`] names it.
+    pub kind: &'static str,
+    /// What is wrong.
+    pub message: String,
 }
 
 impl std::fmt::Debug for PoolSpec {
@@ -208,5 +336,91 @@ mod tests {
             r#"{"version":1,"algorithm":"","surprise":1}"#
         )
         .is_err());
+    }
+
+    fn device(f: impl FnOnce(&mut DeviceSettings)) -> DeviceSettings {
+        let mut d = DeviceSettings {
+            device_id: "cpu".into(),
+            enabled: true,
+            power_limit_watts: Some(150),
+            core_clock_mhz: Some(1500),
+            memory_clock_mhz: Some(7000),
+            fan_percent: Some(60),
+            threads: Some(8),
+        };
+        f(&mut d);
+        d
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_with_their_field() {
+        let mut c = config();
+        c.devices.push(device(|_| {}));
+        assert_eq!(c.field_errors(), vec![]);
+        for (f, field) in [
+            (
+                Box::new(|d: &mut DeviceSettings| d.threads = Some(0)) as Box<dyn Fn(&mut _)>,
+                "devices[1].threads",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.threads = Some(u32::MAX)),
+                "devices[1].threads",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.power_limit_watts = Some(0)),
+                "devices[1].power_limit_watts",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.power_limit_watts = Some(4_294_967_295)),
+                "devices[1].power_limit_watts",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.core_clock_mhz = Some(0)),
+                "devices[1].core_clock_mhz",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.memory_clock_mhz = Some(1_000_000)),
+                "devices[1].memory_clock_mhz",
+            ),
+            (
+                Box::new(|d: &mut DeviceSettings| d.fan_percent = Some(101)),
+                "devices[1].fan_percent",
+            ),
+        ] {
+            let mut c = config();
+            c.devices.push(device(|d| d.device_id = "gpu0".into()));
+            c.devices.push(device(|d| f(d)));
+            let errors = c.field_errors();
+            assert_eq!(errors.len(), 1, "{field}: {errors:?}");
+            assert_eq!(errors[0].field, field);
+            assert!(errors[0].message.contains("out of range"), "{errors:?}");
+            assert!(c.validate().is_err());
+        }
+        for bad in [0, 3601, u32::MAX] {
+            let mut c = config();
+            c.telemetry_interval_secs = Some(bad);
+            let errors = c.field_errors();
+            assert_eq!(errors[0].field, "telemetry_interval_secs", "{bad}");
+        }
+        // Every problem at once, each with its own path.
+        let mut c = config();
+        c.pools.push(PoolSpec {
+            url: "nope".into(),
+            user: String::new(),
+            password: String::new(),
+        });
+        c.devices.push(device(|d| d.threads = Some(0)));
+        c.devices.push(device(|d| d.fan_percent = Some(200)));
+        let fields: Vec<String> = c.field_errors().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "pools[1].url",
+                "pools[1].user",
+                "devices[0].threads",
+                "devices[1].device_id",
+                "devices[1].fan_percent"
+            ]
+        );
     }
 }
