@@ -35,9 +35,10 @@ fn rank(s: Scope) -> u8 {
 }
 
 impl Caller {
-    /// Refuses session cookies for changes that redirect money (pools, wallets): in the
-    /// dashboard those take the user's password again, and a stolen cookie must not get around
-    /// that through the API. Scripts use API tokens, which are not cookies.
+    /// Refuses session cookies for changes that redirect money (pools, wallets) and for shell
+    /// commands and reboots: in the dashboard those take the user's password again, and a
+    /// stolen cookie must not get around that through the API. Scripts use API tokens, which
+    /// are not cookies.
     pub fn require_token(&self, what: &str) -> Result<(), ApiFailure> {
         if self.via_session {
             return Err(ApiFailure::forbidden(format!(
@@ -58,6 +59,21 @@ impl Caller {
             )))
         }
     }
+}
+
+/// Whether a caller with `scope` may see where rigs pay out: pool users (wallets) in configs
+/// and in the rigs' telemetry, pool passwords. Operators and admins (write scope and up) may;
+/// viewers and read tokens may not. The dashboard and the REST API both ask this.
+pub fn may_see_wallets(scope: Scope) -> bool {
+    rank(scope) >= rank(Scope::Write)
+}
+
+/// Whether a command is as dangerous as redirecting a rig's wallet, and so needs the same
+/// protection: the user's password again in the dashboard, an API token (never a session
+/// cookie) on the REST API. A shell command can do anything on the rig, a reboot stops it.
+pub fn command_needs_reauth(command: &rigfleet_proto::command::Command) -> bool {
+    use rigfleet_proto::command::Command;
+    matches!(command, Command::Shell { .. } | Command::Reboot)
 }
 
 /// A new API token's text and the hash that is stored.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiFailure;
+use super::error::{ApiFailure, ApiJson};
 use super::rigs::audit;
 use crate::app::AppState;
 use crate::coins::{self, CoinData};
@@ -45,7 +45,7 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path(algorithm): Path<String>,
-    Json(data): Json<CoinData>,
+    ApiJson(data): ApiJson<CoinData>,
 ) -> Result<Json<CoinView>, ApiFailure> {
     caller.require(Scope::Write)?;
     coins::save(&state.hub.store, &algorithm, &data)

@@ -31,7 +31,8 @@ use crate::app::AppState;
         coins::list, coins::put, coins::remove,
         audit::list,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody)),
+    modifiers(&BearerAuth, &ErrorResponses),
     tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"), (name = "audit"))
 )]
 pub struct ApiDoc;
@@ -49,6 +50,57 @@ impl Modify for BearerAuth {
             "api_token",
             Vec::<String>::new(),
         )]);
+    }
+}
+
+/// Every operation documents its errors: any 4xx/5xx answer is an [`error::ErrorBody`].
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = || {
+            ResponseBuilder::new()
+                .description(
+                    "An error: JSON `{code, message, fields?}`; `fields` maps a field's path \
+                     (`pools[1].url`) to what is wrong with it.",
+                )
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let existing: Vec<String> = op
+                    .responses
+                    .responses
+                    .keys()
+                    .filter(|k| k.starts_with('4') || k.starts_with('5'))
+                    .cloned()
+                    .collect();
+                let common = ["400", "401", "403", "404", "415", "422"].map(String::from);
+                for status in existing.into_iter().chain(common) {
+                    op.responses.responses.insert(status, error().into());
+                }
+                op.responses
+                    .responses
+                    .entry("default".to_string())
+                    .or_insert_with(|| error().into());
+            }
+        }
     }
 }
 
@@ -123,6 +175,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1", axum::routing::any(error::unknown_route))
+        .route("/api/v1/", axum::routing::any(error::unknown_route))
+        .route("/api/v1/{*rest}", axum::routing::any(error::unknown_route))
+        .layer(axum::middleware::map_response(error::json_errors))
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {

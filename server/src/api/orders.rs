@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use rigfleet_proto::command::Command;
 use rigfleet_proto::config::DesiredConfig;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiFailure;
+use super::error::{ApiFailure, ApiJson, ApiQuery};
 use super::rigs::{audit, find_rig, DeviceView};
 use crate::app::AppState;
 use crate::db::Scope;
@@ -63,23 +63,14 @@ pub async fn put_config(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<String>,
-    body: axum::body::Bytes,
+    ApiJson(value): ApiJson<serde_json::Value>,
 ) -> Result<Json<ConfigView>, ApiFailure> {
     caller.require(Scope::Write)?;
     caller.require_token("changing a rig's pools")?;
     let row = find_rig(&state, &uid).await?;
-    let mut value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiFailure::bad_request(format!("invalid JSON: {e}")))?;
-    if let Some(obj) = value.as_object_mut() {
-        obj.entry("version")
-            .or_insert(serde_json::Value::from(0u64));
-    }
-    let mut config: DesiredConfig = serde_json::from_value(value)
-        .map_err(|e| ApiFailure::bad_request(format!("not a desired config: {e}")))?;
+    let mut config = config_from_json(value, "")?;
     config.version = row.desired_version + 1;
-    config
-        .validate()
-        .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let before = state.hub.store.desired_config(row.id).await?;
     let (d, pushed) = state
         .hub
         .set_desired_config(
@@ -90,12 +81,13 @@ pub async fn put_config(
         )
         .await
         .map_err(order_failure)?;
-    audit(
+    super::audit::record_config_change(
         &state,
-        &caller,
-        "rig.config",
+        &caller.actor,
         &uid,
-        &format!("version {} hash {}", d.version, d.content_hash),
+        before.as_ref().map(|b| &b.config),
+        &d,
+        pushed,
     )
     .await;
     Ok(Json(ConfigView {
@@ -104,6 +96,60 @@ pub async fn put_config(
         config: d.config,
         pushed: Some(pushed),
     }))
+}
+
+/// A desired config from a request's JSON (its `version` optional and ignored), checked as the
+/// agent checks it: a body of the wrong shape is 422 and a config that breaks a rule 400
+/// `invalid_config`, both with each field's path (under `prefix`, e.g. `config.`) in `fields`.
+pub fn config_from_json(
+    mut value: serde_json::Value,
+    prefix: &str,
+) -> Result<DesiredConfig, ApiFailure> {
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("version")
+            .or_insert(serde_json::Value::from(0u64));
+    }
+    let config: DesiredConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path.is_empty() || path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        let field = if field.is_empty() {
+            "body".into()
+        } else {
+            field
+        };
+        let message = e.into_inner().to_string();
+        ApiFailure::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("not a desired config: {field}: {message}"),
+        )
+        .with_fields([(field, message)].into_iter().collect())
+    })?;
+    check_config(&config, prefix)?;
+    Ok(config)
+}
+
+/// Refuses a config that breaks a rule, with every problem under its field's path.
+pub fn check_config(config: &DesiredConfig, prefix: &str) -> Result<(), ApiFailure> {
+    let errors = config.field_errors();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let mut fields = super::error::FieldErrors::new();
+    for e in errors {
+        fields
+            .entry(format!("{prefix}{}", e.field))
+            .and_modify(|m: &mut String| {
+                m.push_str("; ");
+                m.push_str(&e.message);
+            })
+            .or_insert(e.message);
+    }
+    Err(ApiFailure::invalid("invalid_config", fields))
 }
 
 pub(crate) fn order_failure(e: crate::hub::OrderError) -> ApiFailure {
@@ -152,9 +198,12 @@ pub async fn send_command(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<String>,
-    Json(req): Json<CommandRequest>,
+    ApiJson(req): ApiJson<CommandRequest>,
 ) -> Result<Json<CommandView>, ApiFailure> {
     caller.require(Scope::Write)?;
+    if super::auth::command_needs_reauth(&req.command) {
+        caller.require_token("a shell command or a reboot")?;
+    }
     let row = find_rig(&state, &uid).await?;
     let order = rigfleet_proto::command::CommandOrder {
         command_id: "check".into(),
@@ -214,7 +263,7 @@ pub async fn list_commands(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<String>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<CommandView>>, ApiFailure> {
     caller.require(Scope::Read)?;
     let row = find_rig(&state, &uid).await?;
@@ -253,7 +302,7 @@ pub async fn devices(
     Path(uid): Path<String>,
 ) -> Result<Json<Vec<DeviceView>>, ApiFailure> {
     caller.require(Scope::Read)?;
-    let detail = super::rigs::rig_detail(&state, &uid).await?;
+    let detail = super::rigs::rig_detail(&state, &uid, caller.level).await?;
     Ok(Json(detail.devices))
 }
 
@@ -291,7 +340,7 @@ pub struct EventView {
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<EventQuery>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiFailure> {
     caller.require(Scope::Read)?;
     let rig = match &q.rig {

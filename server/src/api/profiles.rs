@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiFailure;
+use super::error::{ApiFailure, ApiJson};
 use super::rigs::audit;
 use crate::app::AppState;
 use crate::db::{ProfileRow, Scope};
@@ -65,23 +65,14 @@ pub async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Json(req): Json<ProfileRequest>,
+    ApiJson(req): ApiJson<ProfileRequest>,
 ) -> Result<Json<ProfileView>, ApiFailure> {
     caller.require(Scope::Write)?;
     caller.require_token("changing a profile's pools")?;
     if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiFailure::bad_request("name must be 1 to 64 characters"));
     }
-    let mut value = req.config;
-    if let Some(obj) = value.as_object_mut() {
-        obj.entry("version")
-            .or_insert(serde_json::Value::from(0u64));
-    }
-    let config: DesiredConfig = serde_json::from_value(value)
-        .map_err(|e| ApiFailure::bad_request(format!("not a config: {e}")))?;
-    config
-        .validate()
-        .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
+    let config = super::orders::config_from_json(req.config, "config.")?;
     let row = state
         .hub
         .store

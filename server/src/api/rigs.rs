@@ -2,14 +2,14 @@
 //! state, which holds every rig), rig detail, history, devices, rename/group/tags, approval and
 //! removal.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiFailure;
+use super::error::{ApiFailure, ApiJson, ApiQuery};
 use crate::app::AppState;
 use crate::db::{RigRow, Scope};
 use crate::hub::live::{RigLive, RigStatus};
@@ -248,7 +248,7 @@ fn status_rank(s: RigStatus) -> f64 {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<RigQuery>,
+    ApiQuery(q): ApiQuery<RigQuery>,
 ) -> Result<Json<RigList>, ApiFailure> {
     caller.require(Scope::Read)?;
     query_fleet(&state, &q).map(Json)
@@ -298,7 +298,7 @@ pub struct RigDetail {
     pub devices: Vec<DeviceView>,
     /// Config state.
     pub config: ConfigState,
-    /// The newest sample as sent.
+    /// The newest sample as sent; its `pool.user` (the wallet) only for the write scope and up.
     #[schema(value_type = Option<Object>)]
     pub latest_sample: Option<serde_json::Value>,
 }
@@ -324,11 +324,17 @@ pub async fn detail(
     Path(uid): Path<String>,
 ) -> Result<Json<RigDetail>, ApiFailure> {
     caller.require(Scope::Read)?;
-    rig_detail(&state, &uid).await.map(Json)
+    rig_detail(&state, &uid, caller.level).await.map(Json)
 }
 
-/// Builds the detail (also used by the web pages).
-pub async fn rig_detail(state: &AppState, uid: &str) -> Result<RigDetail, ApiFailure> {
+/// Builds the detail as a caller with `scope` may see it (also used by the web pages): the
+/// wallet in the newest sample's pool state only for those who [may see
+/// wallets](super::auth::may_see_wallets).
+pub async fn rig_detail(
+    state: &AppState,
+    uid: &str,
+    scope: Scope,
+) -> Result<RigDetail, ApiFailure> {
     let row = find_rig(state, uid).await?;
     let live = state
         .hub
@@ -365,8 +371,20 @@ pub async fn rig_detail(state: &AppState, uid: &str) -> Result<RigDetail, ApiFai
             applied_error: row.applied_error.clone(),
             applied_at_ms: row.applied_at_ms,
         },
-        latest_sample: sample.and_then(|s| serde_json::to_value(s).ok()),
+        latest_sample: sample
+            .and_then(|s| serde_json::to_value(s).ok())
+            .map(|v| redact_sample(v, scope)),
     })
+}
+
+/// The newest sample without the pool's user (the wallet) unless `scope` may see wallets.
+fn redact_sample(mut sample: serde_json::Value, scope: Scope) -> serde_json::Value {
+    if !super::auth::may_see_wallets(scope) {
+        if let Some(pool) = sample.get_mut("pool").and_then(|p| p.as_object_mut()) {
+            pool.remove("user");
+        }
+    }
+    sample
 }
 
 /// Changes to a rig's name, group or tags.
@@ -396,7 +414,7 @@ pub async fn patch(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<String>,
-    Json(p): Json<RigPatch>,
+    ApiJson(p): ApiJson<RigPatch>,
 ) -> Result<Json<RigDetail>, ApiFailure> {
     caller.require(Scope::Write)?;
     let row = find_rig(&state, &uid).await?;
@@ -430,7 +448,7 @@ pub async fn patch(
         l.tags = fresh.tags.clone();
     });
     audit(&state, &caller, "rig.update", &uid, &format!("{p:?}")).await;
-    rig_detail(&state, &uid).await.map(Json)
+    rig_detail(&state, &uid, caller.level).await.map(Json)
 }
 
 /// Approve a rig enrolled with an approval-required token.
@@ -514,7 +532,7 @@ pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
     Path(uid): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryView>, ApiFailure> {
     caller.require(Scope::Read)?;
     let row = find_rig(&state, &uid).await?;

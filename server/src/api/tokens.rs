@@ -10,7 +10,7 @@ use sha2::Digest;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::ApiFailure;
+use super::error::{ApiFailure, ApiJson};
 use super::rigs::audit;
 use crate::app::AppState;
 use crate::db::{EnrollTokenRow, NewEnrollToken, Scope, Store, StoreError};
@@ -170,7 +170,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Json(req): Json<TokenRequest>,
+    ApiJson(req): ApiJson<TokenRequest>,
 ) -> Result<Json<NewTokenView>, ApiFailure> {
     caller.require(Scope::Admin)?;
     let (row, text) = create_token(&state.hub.store, &state.hub.key, &req, crate::now_ms())

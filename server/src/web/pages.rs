@@ -466,6 +466,15 @@ pub async fn bulk(
             let f = Fields::parse(&body);
             let command = command_of(f.get("action"))
                 .ok_or_else(|| WebError::bad_request("choose an action"))?;
+            if crate::api::auth::command_needs_reauth(&command) {
+                super::account::confirm_password(
+                    &state,
+                    &shared,
+                    &user,
+                    f.get("confirm_password"),
+                )
+                .await?;
+            }
             let ids: Vec<String> = if f.get("all") == "1" {
                 let q = OverviewQuery {
                     q: Some(f.get("q").to_string()),
@@ -628,7 +637,7 @@ pub async fn rig_page(
     respond(
         async {
             let row = find_rig(&state, &uid).await?;
-            let detail = rig_detail(&state, &uid).await?;
+            let detail = rig_detail(&state, &uid, user.scope()).await?;
             let live = state.hub.live.get(row.id);
             let sample = live.as_ref().and_then(|l| l.sample.as_ref());
             let now = crate::now_ms();
@@ -779,7 +788,7 @@ pub async fn rig_page(
                 })
                 .collect();
             // Pool passwords and wallets live in the config: operators and admins only.
-            let desired = if user.can_write() {
+            let desired = if crate::api::auth::may_see_wallets(user.scope()) {
                 state.hub.store.desired_config(row.id).await?
             } else {
                 None
@@ -876,6 +885,7 @@ const COMMAND_WAIT: Duration = Duration::from_secs(8);
 /// `POST /rigs/{rig}/command`.
 pub async fn rig_command(
     State(state): State<AppState>,
+    Extension(shared): Extension<Arc<WebShared>>,
     user: WebUser,
     Path(uid): Path<String>,
     body: Bytes,
@@ -887,6 +897,16 @@ pub async fn rig_command(
             let command =
                 command_of(f.get("cmd")).ok_or_else(|| WebError::bad_request("unknown command"))?;
             let row = find_rig(&state, &uid).await?;
+            // A reboot takes the password again, as a wallet change does.
+            if crate::api::auth::command_needs_reauth(&command) {
+                super::account::confirm_password(
+                    &state,
+                    &shared,
+                    &user,
+                    f.get("confirm_password"),
+                )
+                .await?;
+            }
             let (_, rx) = state
                 .hub
                 .send_command(

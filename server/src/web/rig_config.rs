@@ -15,7 +15,7 @@ use rigfleet_proto::RigId;
 
 use super::account::confirm_password;
 use super::live::WebShared;
-use super::pages::{audit, rig_href};
+use super::pages::rig_href;
 use super::session::WebUser;
 use super::{respond, Fields, WebError};
 use crate::api::orders::order_failure;
@@ -106,9 +106,8 @@ pub fn config_from_form(
     });
     config.algorithm = algorithm;
     config.pools = pools;
-    config
-        .validate()
-        .map_err(|e| WebError::bad_request(e.to_string()))?;
+    // The same checks, and the same field names, as the REST API's.
+    crate::api::orders::check_config(&config, "")?;
     Ok(config)
 }
 
@@ -145,28 +144,14 @@ pub async fn rig_config(
                 )
                 .await
                 .map_err(|e| WebError::from(order_failure(e)))?;
-            // Who pointed the rig where: URLs and wallets, never pool passwords.
-            let pools: Vec<String> = d
-                .config
-                .pools
-                .iter()
-                .map(|p| format!("{} {}", p.url, p.user))
-                .collect();
-            audit(
+            // Who pointed the rig where: the same audit entry as the REST API writes.
+            crate::api::audit::record_config_change(
                 &state,
-                &user,
-                "rig.config",
+                &user.actor(),
                 &uid,
-                &format!(
-                    "version {} algorithm {:?} pools {pools:?}{}",
-                    d.version,
-                    d.config.algorithm,
-                    if pushed {
-                        ""
-                    } else {
-                        " (rig offline: sent when it connects)"
-                    }
-                ),
+                current.as_ref().map(|d| &d.config),
+                &d,
+                pushed,
             )
             .await;
             Ok(Redirect::to(&rig_href(&row.rig_uid)).into_response())
