@@ -14,6 +14,7 @@ pub mod hub;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
+pub mod secrets;
 pub mod serve;
 pub mod startup;
 pub mod tls;

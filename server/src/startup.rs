@@ -71,11 +71,19 @@ pub struct RunningServer {
 
 /// Starts a server with `config`.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let metrics_access = config
+        .metrics_access()
+        .map_err(|e| StartError::Other(e.to_string()))?;
     crate::files::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&config.database_url()).await?;
+    warn_if_exposed(&config.data_dir);
+    let secrets = crate::secrets::SecretBox::load_or_create(&config.data_dir)
+        .map_err(|e| StartError::Other(format!("secrets key: {e}")))?;
+    let store = Store::open(&config.database_url())
+        .await?
+        .with_secrets(Arc::new(secrets));
     let key = ServerKey::load_or_create(&config.data_dir)?;
     let previous_key = ServerKey::load_previous(&config.data_dir)?;
     if let Some(previous) = &previous_key {
@@ -225,8 +233,46 @@ pub fn hash_password(password: &str) -> Result<String, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))
 }
 
+/// Why a folder holding keys and the database is open to others, if it is: it is readable,
+/// writable or searchable by its group or by everyone.
+pub fn exposure(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| format!("mode {mode:o}"))
+}
+
+/// Warns at start when the data folder is open to its group or everyone (the keys and the
+/// database are private files, but a folder others may list or enter is a mistake to fix).
+fn warn_if_exposed(dir: &std::path::Path) {
+    if let Some(why) = exposure(dir) {
+        tracing::warn!(
+            folder = %dir.display(),
+            %why,
+            "The data folder is open to its group or to everyone: chmod 700 it"
+        );
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().chars().take(64).collect())
         .unwrap_or_else(|_| "server".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_open_data_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        crate::files::create_private_dir(&data).unwrap();
+        assert_eq!(exposure(&data), None);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(exposure(&data).as_deref(), Some("mode 755"));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(exposure(&data).is_some());
+    }
 }

@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rigfleet_proto::telemetry::Sample;
@@ -461,10 +461,12 @@ impl TelemetryQueue {
 
     fn start_segment(&mut self, first_seq: u64) -> Result<(), QueueError> {
         let path = self.dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"));
+        // Mode 0600: samples name pools and wallets; only the agent reads them.
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|source| io_err(&path, source))?;
         // The new name must survive a power cut too, or the records in it would be lost.
@@ -935,5 +937,19 @@ mod tests {
         assert!(matches!(q.push(s), Err(QueueError::SampleTooLarge { .. })));
         // Nothing was consumed: the next sample still gets seq 1.
         assert_eq!(q.push(sample(1)).expect("push"), 1);
+    }
+
+    #[test]
+    fn segments_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = TelemetryQueue::open(dir.path(), opts(100, 2)).expect("open");
+        fill(&mut q, 5);
+        let segs = segment_files(dir.path());
+        assert!(segs.len() >= 2);
+        for seg in segs {
+            let mode = std::fs::metadata(&seg).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", seg.display());
+        }
     }
 }

@@ -16,18 +16,44 @@ fn to_json(config: &DesiredConfig) -> Result<String, StoreError> {
     serde_json::to_string(config).map_err(|e| StoreError::Invalid(format!("config json: {e}")))
 }
 
-fn profile_from(r: &impl RowExt) -> Result<ProfileRow, StoreError> {
+/// What pool passwords are sealed for (secrets at rest, `crate::secrets`).
+const POOL_PASSWORD: &str = "pool-password";
+
+impl Store {
+    /// The config as stored: JSON with every pool password sealed by the secrets key.
+    fn sealed_json(&self, config: &DesiredConfig) -> Result<String, StoreError> {
+        let mut sealed = config.clone();
+        for pool in &mut sealed.pools {
+            if !pool.password.is_empty() {
+                pool.password = self.seal_secret(POOL_PASSWORD, &pool.password)?;
+            }
+        }
+        to_json(&sealed)
+    }
+
+    /// A stored config with its pool passwords opened (plain ones from before sealing as
+    /// they are).
+    fn open_config(&self, json: &str) -> Result<DesiredConfig, StoreError> {
+        let mut config = parse_config(json)?;
+        for pool in &mut config.pools {
+            pool.password = self.open_secret(POOL_PASSWORD, &pool.password)?;
+        }
+        Ok(config)
+    }
+}
+
+fn profile_from(s: &Store, r: &impl RowExt) -> Result<ProfileRow, StoreError> {
     Ok(ProfileRow {
         id: r.i64("id")?,
         name: r.text("name")?,
-        config: parse_config(&r.text("config_json")?)?,
+        config: s.open_config(&r.text("config_json")?)?,
         is_default: r.flag("is_default")?,
     })
 }
 
-fn desired_from(r: &impl RowExt) -> Result<DesiredRow, StoreError> {
+fn desired_from(s: &Store, r: &impl RowExt) -> Result<DesiredRow, StoreError> {
     let version = to_u64(r.i64("version")?, "version")?;
-    let mut config = parse_config(&r.text("config_json")?)?;
+    let mut config = s.open_config(&r.text("config_json")?)?;
     config.version = version;
     Ok(DesiredRow {
         version,
@@ -47,7 +73,7 @@ impl Store {
                  WHERE rig_id = $1 ORDER BY version DESC LIMIT 1",
             )
             .bind(rig_id).fetch_optional(p).await?;
-            row.as_ref().map(desired_from).transpose()
+            row.as_ref().map(|r| desired_from(self, r)).transpose()
         })
     }
 
@@ -74,7 +100,7 @@ impl Store {
                 "INSERT INTO desired_configs (rig_id, version, content_hash, config_json, created_at_ms, created_by)
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(rig_id).bind(version).bind(&content_hash).bind(to_json(&config)?).bind(now_ms).bind(created_by)
+            .bind(rig_id).bind(version).bind(&content_hash).bind(self.sealed_json(&config)?).bind(now_ms).bind(created_by)
             .execute(&mut *tx).await?;
             sqlx::query("DELETE FROM desired_configs WHERE rig_id = $1 AND version <= $2")
                 .bind(rig_id).bind(version - HISTORY_KEPT).execute(&mut *tx).await?;
@@ -117,7 +143,7 @@ impl Store {
         dispatch!(self, p => {
             let row = sqlx::query("SELECT id, name, config_json, is_default FROM profiles WHERE is_default")
                 .fetch_optional(p).await?;
-            row.as_ref().map(profile_from).transpose()
+            row.as_ref().map(|r| profile_from(self, r)).transpose()
         })
     }
 
@@ -126,7 +152,7 @@ impl Store {
         dispatch!(self, p => {
             let row = sqlx::query("SELECT id, name, config_json, is_default FROM profiles WHERE name = $1")
                 .bind(name).fetch_optional(p).await?;
-            row.as_ref().map(profile_from).transpose()
+            row.as_ref().map(|r| profile_from(self, r)).transpose()
         })
     }
 
@@ -135,7 +161,7 @@ impl Store {
         dispatch!(self, p => {
             let rows = sqlx::query("SELECT id, name, config_json, is_default FROM profiles ORDER BY name")
                 .fetch_all(p).await?;
-            rows.iter().map(profile_from).collect()
+            rows.iter().map(|r| profile_from(self, r)).collect()
         })
     }
 
@@ -152,7 +178,7 @@ impl Store {
         config: &DesiredConfig,
         is_default: bool,
     ) -> Result<ProfileRow, StoreError> {
-        let json = to_json(config)?;
+        let json = self.sealed_json(config)?;
         dispatch!(self, p => {
             let mut tx = p.begin_with(p.write_begin()).await?;
             if is_default {
@@ -165,7 +191,7 @@ impl Store {
                  RETURNING id, name, config_json, is_default",
             )
             .bind(name).bind(&json).bind(is_default).fetch_one(&mut *tx).await?;
-            let profile = profile_from(&row)?;
+            let profile = profile_from(self, &row)?;
             tx.commit().await?;
             Ok(profile)
         })
@@ -339,6 +365,71 @@ mod tests {
                 s.next_order_counter(9999).await,
                 Err(StoreError::NotFound)
             ));
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn pool_passwords_are_sealed_at_rest_and_plain_ones_still_read() {
+        for db in test_backends().await {
+            let plain = db.store.clone();
+            let s = &db.store.clone().with_secrets(std::sync::Arc::new(
+                crate::secrets::SecretBox::generate().unwrap(),
+            ));
+            let rig = one_rig(s, "r1", 1).await;
+            let mut c = config("w.1");
+            c.pools[0].password = "pool-secret-pw".into();
+            // Written before sealing existed: still read, and the config hash is unchanged.
+            let old = plain.set_desired_config(rig, &c, None, 1).await.unwrap();
+            plain.upsert_profile("old", &c, false).await.unwrap();
+            assert_eq!(
+                s.desired_config(rig).await.unwrap().unwrap().config.pools[0].password,
+                "pool-secret-pw"
+            );
+            assert_eq!(
+                s.profile_by_name("old")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .config
+                    .pools[0]
+                    .password,
+                "pool-secret-pw"
+            );
+            let new = s.set_desired_config(rig, &c, None, 2).await.unwrap();
+            assert_eq!(new.content_hash, old.content_hash);
+            s.upsert_profile("new", &c, true).await.unwrap();
+            let stored: Vec<String> = dispatch!(s, p => {
+                let mut v: Vec<String> = sqlx::query_scalar(
+                    "SELECT config_json FROM desired_configs WHERE version = 2")
+                    .fetch_all(p).await.unwrap();
+                v.extend(sqlx::query_scalar::<_, String>(
+                    "SELECT config_json FROM profiles WHERE name = 'new'")
+                    .fetch_all(p).await.unwrap());
+                v
+            });
+            assert_eq!(stored.len(), 2);
+            for json in &stored {
+                assert!(!json.contains("pool-secret-pw"), "{json}");
+                assert!(json.contains(crate::secrets::PREFIX), "{json}");
+                assert!(json.contains("w.1"), "wallets stay readable: {json}");
+            }
+            let cur = s.desired_config(rig).await.unwrap().unwrap();
+            assert_eq!(cur.config.pools[0].password, "pool-secret-pw");
+            assert_eq!(cur.config.content_hash(), cur.content_hash);
+            assert_eq!(
+                s.default_profile().await.unwrap().unwrap().config.pools[0].password,
+                "pool-secret-pw"
+            );
+            assert_eq!(
+                s.list_profiles()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.config.pools[0].password.as_str())
+                    .collect::<Vec<_>>(),
+                ["pool-secret-pw", "pool-secret-pw"]
+            );
             db.cleanup().await;
         }
     }

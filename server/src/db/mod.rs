@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 
 pub use rollup::{prune, run_rollups, PruneStats, Retention, RollupStats};
 pub use tokens::TokenUseError;
+pub use users::TotpAttempt;
 pub use types::*;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -53,6 +54,9 @@ pub(crate) enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// Seals TOTP secrets and pool passwords at rest (`None`: stored as given, as tests that
+    /// open a bare store do).
+    pub(crate) secrets: Option<std::sync::Arc<crate::secrets::SecretBox>>,
 }
 
 /// A storage failure.
@@ -151,6 +155,7 @@ impl Store {
             POSTGRES_MIGRATIONS.run(&pool).await?;
             Ok(Store {
                 backend: Backend::Postgres(pool),
+                secrets: None,
             })
         } else if url.starts_with("sqlite:") {
             Self::open_sqlite(SqliteConnectOptions::from_str(url)?).await
@@ -170,6 +175,7 @@ impl Store {
     }
 
     async fn open_sqlite(opts: SqliteConnectOptions) -> Result<Store, StoreError> {
+        private_sqlite_files(opts.get_filename())?;
         // synchronous=FULL: in WAL mode NORMAL skips the fsync at commit, so a power cut could
         // lose a transaction whose samples were already acked to the agent (which then drops
         // them). Telemetry commits once per batch (about once a second), so FULL costs one
@@ -188,7 +194,14 @@ impl Store {
         SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Store {
             backend: Backend::Sqlite(pool),
+            secrets: None,
         })
+    }
+
+    /// This store with `secrets` sealing TOTP secrets and pool passwords from now on.
+    pub fn with_secrets(mut self, secrets: std::sync::Arc<crate::secrets::SecretBox>) -> Store {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// Which database this is.
@@ -232,6 +245,43 @@ impl Store {
         };
         to_u64(bytes, "database size")
     }
+}
+
+/// Makes the SQLite file mode 0600 before SQLite opens it (SQLite gives its -wal and -shm files
+/// the mode of the database file), and takes group and other access away from files an older
+/// version created 0644.
+fn private_sqlite_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.as_os_str();
+    if name.is_empty() || name == ":memory:" {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| StoreError::Invalid(format!("{}: {e}", path.display()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // A folder that does not exist yet: SQLite reports it in its own words.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(e)),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = name.to_os_string();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                let mode = m.permissions().mode() & 0o700;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +340,30 @@ mod tests {
         assert_eq!(again.get_setting("k").await.unwrap().as_deref(), Some("v"));
         again.close().await;
         db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let store = Store::open_sqlite_file(&path).await.unwrap();
+        store.set_setting("k", "v").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let p = dir.path().join(format!("p.db{suffix}"));
+            assert!(p.exists(), "{suffix}");
+            assert_eq!(mode(&p), 0o600, "{suffix}");
+        }
+        store.close().await;
+        // A file an older version left 0644 is made private when opened again.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        store.close().await;
     }
 
     #[tokio::test]

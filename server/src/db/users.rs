@@ -18,6 +18,27 @@ fn user_from(row: &impl RowExt) -> Result<User, StoreError> {
     })
 }
 
+/// What a second-factor attempt may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TotpAttempt {
+    /// Go on; `failures` counts this attempt as a failure until it proves right.
+    Open {
+        /// Failures in a row, this attempt included.
+        failures: i64,
+    },
+    /// The second factor is locked until then (Unix ms).
+    Locked {
+        /// When the lock ends.
+        until_ms: i64,
+    },
+}
+
+/// What a TOTP secret is sealed for: its own user, so a sealed value copied to another user's
+/// row does not open.
+fn totp_purpose(user_id: i64) -> String {
+    format!("totp:{user_id}")
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -51,19 +72,52 @@ impl Store {
     /// Looks an operator up by name.
     pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE username = $1");
-        dispatch!(self, p => {
+        let user = dispatch!(self, p => {
             let row = sqlx::query(&sql).bind(username).fetch_optional(p).await?;
-            row.as_ref().map(user_from).transpose()
-        })
+            row.as_ref().map(user_from).transpose()?
+        });
+        user.map(|u| self.open_user(u)).transpose()
     }
 
     /// Looks an operator up by id.
     pub async fn user_by_id(&self, user_id: i64) -> Result<Option<User>, StoreError> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-        dispatch!(self, p => {
+        let user = dispatch!(self, p => {
             let row = sqlx::query(&sql).bind(user_id).fetch_optional(p).await?;
-            row.as_ref().map(user_from).transpose()
-        })
+            row.as_ref().map(user_from).transpose()?
+        });
+        user.map(|u| self.open_user(u)).transpose()
+    }
+
+    fn open_user(&self, mut user: User) -> Result<User, StoreError> {
+        if let Some(stored) = user.totp_secret.take() {
+            user.totp_secret = Some(self.open_secret(&totp_purpose(user.id), &stored)?);
+        }
+        Ok(user)
+    }
+
+    /// Seals a secret for storage with the server's secrets key (as given without one).
+    pub(crate) fn seal_secret(&self, purpose: &str, plain: &str) -> Result<String, StoreError> {
+        match &self.secrets {
+            Some(b) => b
+                .seal(purpose, plain)
+                .map_err(|e| StoreError::Invalid(e.to_string())),
+            None => Ok(plain.to_string()),
+        }
+    }
+
+    /// Opens a stored secret: sealed ones with the secrets key, plain ones (stored before
+    /// sealing) as they are.
+    pub(crate) fn open_secret(&self, purpose: &str, stored: &str) -> Result<String, StoreError> {
+        match &self.secrets {
+            Some(b) => b
+                .open(purpose, stored)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            None if crate::secrets::is_sealed(stored) => Err(StoreError::Corrupt(
+                "a sealed secret, and this store has no secrets key".into(),
+            )),
+            None => Ok(stored.to_string()),
+        }
     }
 
     /// How many operators exist (0 means the first-run setup is open).
@@ -85,7 +139,8 @@ impl Store {
         Ok(())
     }
 
-    /// Sets or clears an operator's TOTP secret.
+    /// Sets or clears an operator's TOTP secret (sealed with the secrets key); the second
+    /// factor's failure count, lock and last used step start over.
     pub async fn set_user_totp(
         &self,
         user_id: i64,
@@ -93,13 +148,129 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let enabled_at = secret.map(|_| now_ms);
+        let sealed = secret
+            .map(|s| self.seal_secret(&totp_purpose(user_id), s))
+            .transpose()?;
         let n = dispatch!(self, p => sqlx::query(
-            "UPDATE users SET totp_secret = $2, totp_enabled_at_ms = $3 WHERE id = $1")
-            .bind(user_id).bind(secret).bind(enabled_at).execute(p).await?.rows_affected());
+            "UPDATE users SET totp_secret = $2, totp_enabled_at_ms = $3, totp_failures = 0,
+               totp_locked_until_ms = 0, totp_last_step = -1 WHERE id = $1")
+            .bind(user_id).bind(sealed).bind(enabled_at).execute(p).await?.rows_affected());
         if n == 0 {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    /// Starts a second-factor attempt: counts it as a failure up front (so attempts running
+    /// at the same time, on any replica, cannot get past the limit) and, when the count reaches
+    /// `max_failures`, locks the second factor until `hold_until_ms` at once. A right code
+    /// then calls [`Store::totp_attempt_succeeded`]. A correct password does not touch this
+    /// count. Refused (with the time the lock ends) while locked.
+    pub async fn totp_begin_attempt(
+        &self,
+        user_id: i64,
+        now_ms: i64,
+        max_failures: i64,
+        hold_until_ms: i64,
+    ) -> Result<TotpAttempt, StoreError> {
+        let failures: Option<i64> = dispatch!(self, p => sqlx::query_scalar(
+            "UPDATE users SET totp_failures = totp_failures + 1,
+               totp_locked_until_ms = CASE WHEN totp_failures + 1 >= $3 THEN $4
+                                           ELSE totp_locked_until_ms END
+             WHERE id = $1 AND totp_locked_until_ms <= $2 RETURNING totp_failures")
+            .bind(user_id).bind(now_ms).bind(max_failures).bind(hold_until_ms)
+            .fetch_optional(p).await?);
+        if let Some(failures) = failures {
+            return Ok(TotpAttempt::Open { failures });
+        }
+        let until: Option<i64> = dispatch!(self, p => sqlx::query_scalar(
+            "SELECT totp_locked_until_ms FROM users WHERE id = $1")
+            .bind(user_id).fetch_optional(p).await?);
+        match until {
+            Some(until_ms) => Ok(TotpAttempt::Locked { until_ms }),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    /// A wrong code: locks the second factor until `until_ms` (never shortening a lock).
+    pub async fn totp_lock_until(&self, user_id: i64, until_ms: i64) -> Result<(), StoreError> {
+        dispatch!(self, p => { sqlx::query(
+            "UPDATE users SET totp_locked_until_ms = $2 WHERE id = $1 AND totp_locked_until_ms < $2")
+            .bind(user_id).bind(until_ms).execute(p).await?; });
+        Ok(())
+    }
+
+    /// A right code: the failure count and the lock start over.
+    pub async fn totp_attempt_succeeded(&self, user_id: i64) -> Result<(), StoreError> {
+        dispatch!(self, p => { sqlx::query(
+            "UPDATE users SET totp_failures = 0, totp_locked_until_ms = 0 WHERE id = $1")
+            .bind(user_id).execute(p).await?; });
+        Ok(())
+    }
+
+    /// Records that a TOTP code of 30-second `step` was accepted; false when a code of this
+    /// step or a later one already was (a replay). Atomic, so two replicas cannot both accept
+    /// one code.
+    pub async fn totp_use_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query(
+            "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2")
+            .bind(user_id).bind(step).execute(p).await?.rows_affected() == 1))
+    }
+
+    /// Failed logins recorded for `name` from `address`: (count, time of the last).
+    pub async fn login_failures(
+        &self,
+        name: &str,
+        address: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query_as::<_, (i64, i64)>(
+            "SELECT failures, last_failure_ms FROM login_failures WHERE name = $1 AND address = $2")
+            .bind(name).bind(address).fetch_optional(p).await?))
+    }
+
+    /// Counts a failed login of `name` from `address`; a count whose last failure is older
+    /// than `forget_before_ms` starts over, and such rows of every name are removed.
+    pub async fn record_login_failure(
+        &self,
+        name: &str,
+        address: &str,
+        now_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, p => {
+            let n: i64 = sqlx::query_scalar(
+                "INSERT INTO login_failures (name, address, failures, last_failure_ms)
+                 VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (name, address) DO UPDATE SET
+                   failures = CASE WHEN login_failures.last_failure_ms < $4 THEN 1
+                                   ELSE login_failures.failures + 1 END,
+                   last_failure_ms = $3
+                 RETURNING failures",
+            )
+            .bind(name).bind(address).bind(now_ms).bind(forget_before_ms)
+            .fetch_one(p).await?;
+            sqlx::query("DELETE FROM login_failures WHERE last_failure_ms < $1")
+                .bind(forget_before_ms).execute(p).await?;
+            Ok(n)
+        })
+    }
+
+    /// Forgets the failed logins of `name` from `address` (after a good login).
+    pub async fn clear_login_failures(&self, name: &str, address: &str) -> Result<(), StoreError> {
+        dispatch!(self, p => { sqlx::query("DELETE FROM login_failures WHERE name = $1 AND address = $2")
+            .bind(name).bind(address).execute(p).await?; });
+        Ok(())
+    }
+
+    /// Ends every session of a user but `keep_id_sha256_hex` (after they changed their own
+    /// password or second factor); returns how many ended.
+    pub async fn delete_other_sessions(
+        &self,
+        user_id: i64,
+        keep_id_sha256_hex: &str,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(user_id).bind(keep_id_sha256_hex).execute(p).await?.rows_affected()))
     }
 
     /// Stores a session under the SHA-256 (hex) of its cookie value.
@@ -324,6 +495,145 @@ mod tests {
             assert!(s.delete_setting("coin.a").await.unwrap());
             assert!(!s.delete_setting("coin.a").await.unwrap());
             assert_eq!(s.settings_with_prefix("coin.").await.unwrap().len(), 1);
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn totp_failures_lock_and_steps_are_used_once() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let id = s.create_user("tom", "h", Role::Operator).await.unwrap();
+            s.set_user_totp(id, Some("JBSWY3DP"), 1).await.unwrap();
+            // Three tries allowed: every attempt counts until it proves right.
+            for n in 1..=2 {
+                assert_eq!(
+                    s.totp_begin_attempt(id, 100, 3, 10_000).await.unwrap(),
+                    TotpAttempt::Open { failures: n }
+                );
+            }
+            // The third reaches the limit and locks at once (an attempt running beside it is
+            // refused), until it proves right or its wrong code sets the real lock.
+            assert_eq!(
+                s.totp_begin_attempt(id, 100, 3, 10_000).await.unwrap(),
+                TotpAttempt::Open { failures: 3 }
+            );
+            assert_eq!(
+                s.totp_begin_attempt(id, 101, 3, 10_000).await.unwrap(),
+                TotpAttempt::Locked { until_ms: 10_000 }
+            );
+            s.totp_lock_until(id, 50_000).await.unwrap();
+            s.totp_lock_until(id, 20_000).await.unwrap();
+            assert_eq!(
+                s.totp_begin_attempt(id, 49_999, 3, 60_000).await.unwrap(),
+                TotpAttempt::Locked { until_ms: 50_000 }
+            );
+            // After the lock, one more try (the count goes on: it is not reset by time).
+            assert_eq!(
+                s.totp_begin_attempt(id, 50_000, 3, 90_000).await.unwrap(),
+                TotpAttempt::Open { failures: 4 }
+            );
+            s.totp_attempt_succeeded(id).await.unwrap();
+            assert_eq!(
+                s.totp_begin_attempt(id, 50_001, 3, 90_000).await.unwrap(),
+                TotpAttempt::Open { failures: 1 }
+            );
+            assert!(matches!(
+                s.totp_begin_attempt(9999, 1, 3, 2).await,
+                Err(StoreError::NotFound)
+            ));
+
+            // A step is good once; an older one never again.
+            assert!(s.totp_use_step(id, 1000).await.unwrap());
+            assert!(!s.totp_use_step(id, 1000).await.unwrap());
+            assert!(!s.totp_use_step(id, 999).await.unwrap());
+            assert!(s.totp_use_step(id, 1001).await.unwrap());
+            // Turning the second factor off and on starts over.
+            s.set_user_totp(id, Some("JBSWY3DQ"), 2).await.unwrap();
+            assert!(s.totp_use_step(id, 5).await.unwrap());
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn login_failures_count_per_name_and_address() {
+        for db in test_backends().await {
+            let s = &db.store;
+            assert_eq!(s.login_failures("user:a", "10.0.0.1").await.unwrap(), None);
+            for n in 1..=3 {
+                assert_eq!(
+                    s.record_login_failure("user:a", "10.0.0.1", 100 + n, 0)
+                        .await
+                        .unwrap(),
+                    n
+                );
+            }
+            s.record_login_failure("user:a", "10.0.0.2", 200, 0)
+                .await
+                .unwrap();
+            assert_eq!(
+                s.login_failures("user:a", "10.0.0.1").await.unwrap(),
+                Some((3, 103))
+            );
+            assert_eq!(
+                s.login_failures("user:a", "10.0.0.2").await.unwrap(),
+                Some((1, 200))
+            );
+            // Old counts start over, and old rows go.
+            assert_eq!(
+                s.record_login_failure("user:a", "10.0.0.1", 1000, 500)
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert_eq!(s.login_failures("user:a", "10.0.0.2").await.unwrap(), None);
+            s.clear_login_failures("user:a", "10.0.0.1").await.unwrap();
+            assert_eq!(s.login_failures("user:a", "10.0.0.1").await.unwrap(), None);
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn totp_secrets_are_sealed_at_rest_and_plain_ones_still_read() {
+        for db in test_backends().await {
+            let s = db.store.clone().with_secrets(std::sync::Arc::new(
+                crate::secrets::SecretBox::generate().unwrap(),
+            ));
+            let id = s.create_user("sam", "h", Role::Admin).await.unwrap();
+            let other = s.create_user("sue", "h", Role::Admin).await.unwrap();
+            // A row from before sealing (plain text) still reads.
+            db.store
+                .set_user_totp(id, Some("JBSWY3DPEHPK3PXP"), 1)
+                .await
+                .unwrap();
+            let u = s.user_by_id(id).await.unwrap().unwrap();
+            assert_eq!(u.totp_secret.as_deref(), Some("JBSWY3DPEHPK3PXP"));
+            s.set_user_totp(id, Some("JBSWY3DPEHPK3PXP"), 1)
+                .await
+                .unwrap();
+            let stored: Option<String> = dispatch!(s, p => sqlx::query_scalar(
+                "SELECT totp_secret FROM users WHERE id = $1").bind(id).fetch_one(p).await.unwrap());
+            let stored = stored.unwrap();
+            assert!(crate::secrets::is_sealed(&stored), "{stored}");
+            assert!(!stored.contains("JBSWY3DPEHPK3PXP"));
+            assert_eq!(
+                s.user_by_name("sam")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .totp_secret
+                    .as_deref(),
+                Some("JBSWY3DPEHPK3PXP")
+            );
+            // A sealed value copied to another user's row does not open there.
+            dispatch!(s, p => { sqlx::query("UPDATE users SET totp_secret = $2 WHERE id = $1")
+                .bind(other).bind(&stored).execute(p).await.unwrap(); });
+            assert!(matches!(
+                s.user_by_id(other).await,
+                Err(StoreError::Corrupt(_))
+            ));
+            // Without the key, a sealed secret is an error, never used as a secret.
+            assert!(db.store.user_by_id(id).await.is_err());
             db.cleanup().await;
         }
     }

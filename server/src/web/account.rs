@@ -16,13 +16,14 @@ use axum::Extension;
 
 use super::live::{PendingMfa, WebShared};
 use super::session::{
-    cookie, create_session, set_cookie, sha256_hex, WebUser, LOGIN_CSRF_COOKIE, MFA_COOKIE,
-    SESSION_COOKIE, SESSION_LIFETIME,
+    client_address, cookie, create_session, login_failed, login_name_key, login_succeeded,
+    login_wait, set_cookie, sha256_hex, WebUser, LOGIN_CSRF_COOKIE, MFA_COOKIE, SESSION_COOKIE,
+    SESSION_LIFETIME,
 };
 use super::users::{self, UserEntry};
 use super::{render, respond, totp, Fields, Nav, WebError};
 use crate::app::AppState;
-use crate::db::Role;
+use crate::db::{Role, Store, StoreError, TotpAttempt, User};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 10;
@@ -30,6 +31,47 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 const MFA_TIMEOUT: Duration = Duration::from_secs(300);
 /// TOTP codes tried per pending login.
 const MFA_ATTEMPTS: u32 = 5;
+/// Wrong second-factor codes in a row (over any number of logins, on any replica) before the
+/// second factor locks; a correct password does not reset the count, a right code does.
+pub const TOTP_MAX_FAILURES: i64 = 5;
+/// The first second-factor lock; each further wrong code doubles it, up to [`TOTP_MAX_LOCK_MS`].
+pub const TOTP_FIRST_LOCK_MS: i64 = 15 * 60_000;
+/// The longest second-factor lock.
+pub const TOTP_MAX_LOCK_MS: i64 = 24 * 3_600_000;
+
+/// How long the second factor locks after `failures` wrong codes in a row (0: not yet).
+pub fn totp_lock_ms(failures: i64) -> i64 {
+    if failures < TOTP_MAX_FAILURES {
+        return 0;
+    }
+    let doublings = u32::try_from((failures - TOTP_MAX_FAILURES).min(16)).unwrap_or(16);
+    TOTP_FIRST_LOCK_MS
+        .saturating_mul(1_i64 << doublings)
+        .min(TOTP_MAX_LOCK_MS)
+}
+
+/// argon2 verifications done (tests read it: an unknown name must cost one too).
+static PASSWORD_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An argon2id hash with the parameters of real ones ([`crate::startup::hash_password`]) that
+/// no password matches in practice: unknown names are checked against it, so they cost what
+/// known ones do and the answer's time does not tell which names exist.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        // A fixed salt: no randomness is needed for a hash nobody logs in with.
+        SaltString::from_b64("cmlnZmxlZXQtZHVtbXktc2FsdA")
+            .ok()
+            .and_then(|salt| {
+                argon2::Argon2::default()
+                    .hash_password(b"rigfleet: no such user", &salt)
+                    .ok()
+                    .map(|h| h.to_string())
+            })
+            .unwrap_or_default()
+    })
+}
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -90,6 +132,7 @@ pub async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Re
 /// purpose).
 async fn password_ok(hash: String, password: String) -> bool {
     tokio::task::spawn_blocking(move || {
+        PASSWORD_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         PasswordHash::new(&hash).is_ok_and(|h| {
             argon2::Argon2::default()
                 .verify_password(password.as_bytes(), &h)
@@ -100,17 +143,40 @@ async fn password_ok(hash: String, password: String) -> bool {
     .unwrap_or(false)
 }
 
+/// Looks a user up by name and checks the password. An unknown name is checked against a
+/// dummy hash, so it costs one argon2 verification as a known one does.
+async fn check_login(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<Option<User>, StoreError> {
+    let user = if username.is_empty() || username.len() > 64 || password.len() > 1024 {
+        None
+    } else {
+        store.user_by_name(username).await?
+    };
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => dummy_hash().to_string(),
+    };
+    let ok = password_ok(hash, password.to_string()).await;
+    Ok(user.filter(|_| ok))
+}
+
 /// Re-authentication before a change that moves money (pools and wallets): the signed-in
 /// user types their password again, so a session left open on a shared screen or a stolen
-/// cookie is not enough. Wrong passwords count against the same limiter as logins.
+/// cookie is not enough. Wrong passwords slow this session's next tries (the user's other
+/// sessions and logins from elsewhere are not slowed).
 pub(crate) async fn confirm_password(
     state: &AppState,
-    shared: &WebShared,
+    _shared: &WebShared,
     user: &WebUser,
     password: &str,
 ) -> Result<(), WebError> {
-    let key = format!("user:{}", user.username);
-    if let Some(wait) = shared.limiter.locked_for(&key) {
+    let key = format!("reauth:{}", user.username);
+    let address = format!("session:{}", user.session_hash.get(..16).unwrap_or(""));
+    let now = crate::now_ms();
+    if let Some(wait) = login_wait(&state.hub.store, &key, &address, now).await? {
         return Err(WebError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many wrong passwords. Wait {wait} seconds before trying again."),
@@ -126,7 +192,7 @@ pub(crate) async fn confirm_password(
         || password.len() > 1024
         || !password_ok(row.password_hash, password.to_string()).await
     {
-        shared.limiter.fail(&key);
+        login_failed(&state.hub.store, &key, &address, now).await?;
         state.hub.metrics.error("web_reauth_failed");
         // 401, not 403: the user may do this, once they prove again who they are.
         return Err(WebError::new(
@@ -134,6 +200,7 @@ pub(crate) async fn confirm_password(
             "Your password is wrong: nothing was changed.",
         ));
     }
+    login_succeeded(&state.hub.store, &key, &address).await?;
     Ok(())
 }
 
@@ -157,36 +224,31 @@ pub async fn login_submit(
     let f = Fields::parse(&body);
     let username = f.get("username").trim().to_string();
     let password = f.get("password").to_string();
-    let keys = [format!("user:{username}"), format!("ip:{}", peer.ip())];
-    if let Some(wait) = keys
-        .iter()
-        .filter_map(|k| shared.limiter.locked_for(k))
-        .max()
-    {
-        return login_form(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(format!(
-                "Too many failed logins. Wait {wait} seconds before trying again."
-            )),
-            username,
-        );
-    }
-    let user = if username.is_empty() || username.len() > 64 || password.len() > 1024 {
-        None
-    } else {
-        match state.hub.store.user_by_name(&username).await {
-            Ok(u) => u,
-            Err(e) => return WebError::from(e).into_response(),
+    let store = &state.hub.store;
+    let name_key = login_name_key(&username);
+    let address = client_address(peer.ip());
+    let now = crate::now_ms();
+    match login_wait(store, &name_key, &address, now).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            return login_form(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(format!(
+                    "Too many failed logins. Wait {wait} seconds before trying again."
+                )),
+                username,
+            )
         }
+        Err(e) => return WebError::from(e).into_response(),
+    }
+    let user = match check_login(store, &username, &password).await {
+        Ok(u) => u,
+        Err(e) => return WebError::from(e).into_response(),
     };
-    let ok = match &user {
-        Some(u) => password_ok(u.password_hash.clone(), password).await,
-        None => false,
-    };
-    let Some(user) = user.filter(|_| ok) else {
-        for k in &keys {
-            shared.limiter.fail(k);
+    let Some(user) = user else {
+        if let Err(e) = login_failed(store, &name_key, &address, now).await {
+            return WebError::from(e).into_response();
         }
         state.hub.metrics.error("web_login_failed");
         return login_form(
@@ -196,7 +258,9 @@ pub async fn login_submit(
             username,
         );
     };
-    shared.limiter.clear(&keys[0]);
+    if let Err(e) = login_succeeded(store, &name_key, &address).await {
+        return WebError::from(e).into_response();
+    }
     if user.totp_secret.is_some() {
         let token = crate::hub::random_hex(24);
         shared.mfa.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -269,7 +333,10 @@ pub async fn totp_page(
     totp_form(&state, StatusCode::OK, None)
 }
 
-/// `POST /login/totp`: a TOTP code or a recovery code.
+/// `POST /login/totp`: a TOTP code or a recovery code. Every code tried counts against the
+/// user's second factor in the database (not against this pending login, which a correct
+/// password renews): after [`TOTP_MAX_FAILURES`] wrong ones in a row it locks. A TOTP code is
+/// good once: one of a step already used is refused.
 pub async fn totp_submit(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<WebShared>>,
@@ -281,49 +348,122 @@ pub async fn totp_submit(
     };
     let f = Fields::parse(&body);
     let code = f.get("code").trim().to_string();
-    let user = match state.hub.store.user_by_id(p.user_id).await {
-        Ok(Some(u)) => u,
-        Ok(None) => return Redirect::to("/login").into_response(),
-        Err(e) => return WebError::from(e).into_response(),
+    let forget_pending = || {
+        shared
+            .mfa
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
     };
-    let now_secs = (crate::now_ms() / 1000).max(0) as u64;
-    let mut ok = user
-        .totp_secret
-        .as_deref()
-        .is_some_and(|s| totp::verify(s, &code, now_secs));
-    if !ok && code.len() == 10 {
-        ok = users::use_recovery(&state.hub.store, user.id, &code)
-            .await
-            .unwrap_or(false);
-    }
-    if !ok {
-        let mut map = shared.mfa.lock().unwrap_or_else(|e| e.into_inner());
-        let exhausted = match map.get_mut(&key) {
-            Some(p) => {
-                p.attempts += 1;
-                p.attempts >= MFA_ATTEMPTS
-            }
-            None => true,
-        };
-        if exhausted {
-            map.remove(&key);
-            drop(map);
-            shared.limiter.fail(&format!("user:{}", user.username));
-            return Redirect::to("/login").into_response();
+    match check_second_factor(&state.hub.store, p.user_id, &code).await {
+        Ok(SecondFactor::Passed(user)) => {
+            forget_pending();
+            finish_login(&state, user.id, &user.username).await
         }
-        drop(map);
-        return totp_form(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            Some("That code is not right. Try the current one.".into()),
+        Ok(SecondFactor::NoUser) => {
+            forget_pending();
+            Redirect::to("/login").into_response()
+        }
+        Ok(SecondFactor::Locked { minutes }) => {
+            forget_pending();
+            state.hub.metrics.error("web_totp_locked");
+            totp_form(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(format!(
+                    "Too many wrong codes: the second factor is locked for {minutes} more minutes."
+                )),
+            )
+        }
+        Ok(SecondFactor::Wrong { replay }) => {
+            state.hub.metrics.error("web_totp_failed");
+            let mut map = shared.mfa.lock().unwrap_or_else(|e| e.into_inner());
+            let exhausted = match map.get_mut(&key) {
+                Some(p) => {
+                    p.attempts += 1;
+                    p.attempts >= MFA_ATTEMPTS
+                }
+                None => true,
+            };
+            if exhausted {
+                map.remove(&key);
+                return Redirect::to("/login").into_response();
+            }
+            drop(map);
+            let message = if replay {
+                "That code was used already. Wait for the next one."
+            } else {
+                "That code is not right. Try the current one."
+            };
+            totp_form(&state, StatusCode::UNAUTHORIZED, Some(message.into()))
+        }
+        Err(e) => WebError::from(e).into_response(),
+    }
+}
+
+/// What a second-factor code did.
+#[derive(Debug)]
+enum SecondFactor {
+    /// Right: the login may finish.
+    Passed(User),
+    /// Wrong (or a TOTP code whose step was used already).
+    Wrong { replay: bool },
+    /// The second factor is locked for about that many minutes.
+    Locked { minutes: i64 },
+    /// The user is gone, or has no second factor any more.
+    NoUser,
+}
+
+/// Checks a TOTP or recovery code of `user_id`, counting the attempt in the database first.
+async fn check_second_factor(
+    store: &Store,
+    user_id: i64,
+    code: &str,
+) -> Result<SecondFactor, StoreError> {
+    let Some(user) = store.user_by_id(user_id).await? else {
+        return Ok(SecondFactor::NoUser);
+    };
+    let Some(secret) = user.totp_secret.clone() else {
+        return Ok(SecondFactor::NoUser);
+    };
+    let now = crate::now_ms();
+    let failures = match store
+        .totp_begin_attempt(user.id, now, TOTP_MAX_FAILURES, now + TOTP_FIRST_LOCK_MS)
+        .await?
+    {
+        TotpAttempt::Open { failures } => failures,
+        TotpAttempt::Locked { until_ms } => {
+            let minutes = ((until_ms - now).max(1) + 59_999) / 60_000;
+            return Ok(SecondFactor::Locked { minutes });
+        }
+    };
+    let now_secs = u64::try_from(now / 1000).unwrap_or(0);
+    let mut replay = false;
+    let ok = match totp::verify_step(&secret, code, now_secs) {
+        Some(step) => {
+            let fresh = store.totp_use_step(user.id, step).await?;
+            replay = !fresh;
+            fresh
+        }
+        None if totp::looks_like_recovery(code) => {
+            users::use_recovery(store, user.id, code).await?
+        }
+        None => false,
+    };
+    if ok {
+        store.totp_attempt_succeeded(user.id).await?;
+        return Ok(SecondFactor::Passed(user));
+    }
+    let lock = totp_lock_ms(failures);
+    if lock > 0 {
+        store.totp_lock_until(user.id, now + lock).await?;
+        tracing::warn!(
+            user = %user.username,
+            failures,
+            "Second factor locked after wrong codes"
         );
     }
-    shared
-        .mfa
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&key);
-    finish_login(&state, user.id, &user.username).await
+    Ok(SecondFactor::Wrong { replay })
 }
 
 /// `POST /logout`.
@@ -430,8 +570,22 @@ pub async fn change_password(
                 .store
                 .set_user_password(user.user_id, &hash)
                 .await?;
-            audit(&state, &user.actor(), "user.password", &user.username, "").await;
-            page.message = Some("Password changed.".into());
+            // Whoever else holds a session of this user (a stolen cookie, a forgotten screen)
+            // is out now; this one stays.
+            let ended = state
+                .hub
+                .store
+                .delete_other_sessions(user.user_id, &user.session_hash)
+                .await?;
+            audit(
+                &state,
+                &user.actor(),
+                "user.password",
+                &user.username,
+                &format!("other sessions ended: {ended}"),
+            )
+            .await;
+            page.message = Some("Password changed. Your other sessions were logged out.".into());
             render(&page)
         }
         .await,
@@ -507,17 +661,22 @@ pub async fn totp_confirm(
                 return Ok(page_with_status(&page, StatusCode::BAD_REQUEST));
             };
             let now_secs = (crate::now_ms() / 1000).max(0) as u64;
-            if !totp::verify(&secret, f.get("code"), now_secs) {
+            let Some(step) = totp::verify_step(&secret, f.get("code"), now_secs) else {
                 page.error = Some("That code is not right; the setup was not saved.".into());
                 return Ok(page_with_status(&page, StatusCode::BAD_REQUEST));
-            }
-            state
-                .hub
-                .store
+            };
+            let (codes, hashes) = totp::recovery_codes(8)
+                .ok_or_else(|| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "no randomness"))?;
+            let store = &state.hub.store;
+            store
                 .set_user_totp(user.user_id, Some(&secret), crate::now_ms())
                 .await?;
-            let (codes, hashes) = totp::recovery_codes(8);
-            users::set_recovery(&state.hub.store, user.user_id, &hashes).await?;
+            // The code that turned it on was seen on this screen: it does not log in again.
+            store.totp_use_step(user.user_id, step).await?;
+            users::set_recovery(store, user.user_id, &hashes).await?;
+            store
+                .delete_other_sessions(user.user_id, &user.session_hash)
+                .await?;
             shared
                 .totp_enroll
                 .lock()
@@ -527,7 +686,7 @@ pub async fn totp_confirm(
             page.totp_enabled = true;
             page.recovery = codes;
             page.message = Some(
-                "Second factor on. Keep these recovery codes somewhere safe: each works once."
+                "Second factor on; your other sessions were logged out. Keep these recovery codes somewhere safe: each works once."
                     .into(),
             );
             render(&page)
@@ -558,9 +717,14 @@ pub async fn totp_disable(State(state): State<AppState>, user: WebUser, body: By
                 .set_user_totp(user.user_id, None, crate::now_ms())
                 .await?;
             users::set_recovery(&state.hub.store, user.user_id, &[]).await?;
+            state
+                .hub
+                .store
+                .delete_other_sessions(user.user_id, &user.session_hash)
+                .await?;
             audit(&state, &user.actor(), "user.totp_off", &user.username, "").await;
             page.totp_enabled = false;
-            page.message = Some("Second factor off.".into());
+            page.message = Some("Second factor off; your other sessions were logged out.".into());
             render(&page)
         }
         .await,
@@ -753,7 +917,15 @@ pub async fn user_password(
             state.hub.store.set_user_password(id, &hash).await?;
             if id != user.user_id {
                 users::delete_sessions_of(&state.hub.store, id).await?;
+            } else {
+                state
+                    .hub
+                    .store
+                    .delete_other_sessions(id, &user.session_hash)
+                    .await?;
             }
+            // An admin's reset is also how a user whose second factor locked gets back in.
+            state.hub.store.totp_attempt_succeeded(id).await?;
             audit(
                 &state,
                 &user.actor(),

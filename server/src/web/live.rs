@@ -1,4 +1,4 @@
-//! What the dashboard keeps in memory (login limiter, logins waiting for their second factor,
+//! What the dashboard keeps in memory (logins waiting for their second factor,
 //! TOTP enrollments in progress, per-device 1-hour hash-rate averages) and the live feed: a
 //! Server-Sent Events stream fed by the hub's change broadcast plus a once-a-second status
 //! sweep, so a rig that falls silent turns offline without any event of its own.
@@ -121,8 +121,6 @@ pub struct PendingMfa {
 
 /// Memory shared by the dashboard's handlers (one per server).
 pub struct WebShared {
-    /// Failed logins.
-    pub limiter: super::session::LoginLimiter,
     /// Logins waiting for a TOTP code, by the SHA-256 of their cookie.
     pub mfa: Mutex<HashMap<String, PendingMfa>>,
     /// TOTP secrets shown to a user and not yet confirmed.
@@ -138,7 +136,6 @@ impl WebShared {
     /// runtime is there to run it.
     pub fn new(state: &AppState) -> WebShared {
         let shared = WebShared {
-            limiter: Default::default(),
             mfa: Mutex::new(HashMap::new()),
             totp_enroll: Mutex::new(HashMap::new()),
             averages: Arc::new(Mutex::new(Averages::default())),
@@ -470,6 +467,7 @@ mod tests {
             agent_version: None,
             hostname: None,
             telemetry_interval_secs: 10,
+            clock_offset_ms: None,
         }
     }
 

@@ -1,9 +1,7 @@
 //! Browser sessions: a random cookie value (only its SHA-256 is stored), a per-session CSRF
 //! token, the Origin check, and the guard every state-changing dashboard request passes.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
@@ -322,83 +320,100 @@ impl FromRequestParts<AppState> for WebUser {
     }
 }
 
-/// Failed logins per key (user name, client address) over a sliding window.
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-    /// Failures allowed per window and user name.
-    pub max_failures: usize,
-    /// Failures allowed per window and client address (several people may share one).
-    pub max_failures_per_address: usize,
-    /// The window.
-    pub window: Duration,
+/// Failed logins allowed per (user name, address) before that pair waits.
+pub const FREE_FAILURES_PER_NAME: i64 = 4;
+/// Failed logins allowed per address, every name together (several people may share one).
+pub const FREE_FAILURES_PER_ADDRESS: i64 = 30;
+/// The first wait after the free failures; each further failure doubles it.
+pub const FIRST_WAIT_MS: i64 = 30_000;
+/// The longest wait.
+pub const MAX_WAIT_MS: i64 = 15 * 60_000;
+/// Failures older than this are forgotten.
+pub const FORGET_AFTER_MS: i64 = 3_600_000;
+/// The name under which failures of every name from one address are counted.
+const ANY_NAME: &str = "any";
+
+/// How long after its last failure a key with `failures` failures waits (0: not at all).
+pub fn backoff_ms(failures: i64, free: i64) -> i64 {
+    if failures <= free {
+        return 0;
+    }
+    let doublings = u32::try_from((failures - free - 1).min(16)).unwrap_or(16);
+    FIRST_WAIT_MS
+        .saturating_mul(1_i64 << doublings)
+        .min(MAX_WAIT_MS)
 }
 
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        LoginLimiter {
-            failures: Mutex::new(HashMap::new()),
-            max_failures: 5,
-            max_failures_per_address: 30,
-            window: Duration::from_secs(300),
-        }
+/// The address failed logins are counted under: an IPv4 address, or the /64 of an IPv6 one
+/// (one host usually holds a whole /64).
+pub fn client_address(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
-impl LoginLimiter {
-    fn max_for(&self, key: &str) -> usize {
-        if key.starts_with("ip:") {
-            self.max_failures_per_address
-        } else {
-            self.max_failures
-        }
-    }
+/// The key a login name's failures are counted under (names as typed, known or not, so the
+/// answer never tells which names exist).
+pub fn login_name_key(username: &str) -> String {
+    let name: String = username.chars().take(64).collect();
+    format!("user:{name}")
+}
 
-    /// Seconds to wait before `key` may try again, if it is locked out.
-    pub fn locked_for(&self, key: &str) -> Option<u64> {
-        let max = self.max_for(key);
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let q = map.get_mut(key)?;
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.window)
-        {
-            q.pop_front();
+/// Failed logins, kept in the database so replicas share them. Failures slow only the
+/// (name, address) pair they came from, and an address that fails with many names: nobody
+/// can lock a user out from elsewhere. Returns the seconds to wait, if any.
+pub async fn login_wait(
+    store: &crate::db::Store,
+    name_key: &str,
+    address: &str,
+    now_ms: i64,
+) -> Result<Option<u64>, crate::db::StoreError> {
+    let mut wait_ms = 0;
+    for (key, free) in [
+        (name_key, FREE_FAILURES_PER_NAME),
+        (ANY_NAME, FREE_FAILURES_PER_ADDRESS),
+    ] {
+        if let Some((failures, last_ms)) = store.login_failures(key, address).await? {
+            if last_ms >= now_ms - FORGET_AFTER_MS {
+                let until = last_ms.saturating_add(backoff_ms(failures, free));
+                wait_ms = wait_ms.max(until - now_ms);
+            }
         }
-        if q.len() >= max {
-            let oldest = q.front().copied()?;
-            let wait = self.window.saturating_sub(now.duration_since(oldest));
-            return Some(wait.as_secs().max(1));
-        }
-        None
     }
+    Ok((wait_ms > 0).then(|| u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1)))
+}
 
-    /// Counts a failure.
-    pub fn fail(&self, key: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: an attacker cycling names cannot grow the map without limit.
-        if map.len() > 10_000 {
-            let now = Instant::now();
-            map.retain(|_, q| {
-                q.back()
-                    .is_some_and(|t| now.duration_since(*t) < self.window)
-            });
-        }
-        let max = self.max_for(key);
-        let q = map.entry(key.to_string()).or_default();
-        q.push_back(Instant::now());
-        while q.len() > max {
-            q.pop_front();
-        }
-    }
+/// Counts a failed login of `name_key` from `address`.
+pub async fn login_failed(
+    store: &crate::db::Store,
+    name_key: &str,
+    address: &str,
+    now_ms: i64,
+) -> Result<(), crate::db::StoreError> {
+    let forget = now_ms - FORGET_AFTER_MS;
+    store
+        .record_login_failure(name_key, address, now_ms, forget)
+        .await?;
+    store
+        .record_login_failure(ANY_NAME, address, now_ms, forget)
+        .await?;
+    Ok(())
+}
 
-    /// Forgets a key's failures (after a good login).
-    pub fn clear(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
+/// Forgets the failures of `name_key` from `address` after a good password.
+pub async fn login_succeeded(
+    store: &crate::db::Store,
+    name_key: &str,
+    address: &str,
+) -> Result<(), crate::db::StoreError> {
+    store.clear_login_failures(name_key, address).await
 }
 
 #[cfg(test)]
@@ -423,15 +438,80 @@ mod tests {
     }
 
     #[test]
-    fn limiter_locks_after_failures() {
-        let l = LoginLimiter::default();
-        for _ in 0..4 {
-            l.fail("u");
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_ms(4, 4), 0);
+        assert_eq!(backoff_ms(5, 4), 30_000);
+        assert_eq!(backoff_ms(6, 4), 60_000);
+        assert_eq!(backoff_ms(1000, 4), MAX_WAIT_MS);
+        assert_eq!(backoff_ms(i64::MAX, 4), MAX_WAIT_MS);
+        let v6: std::net::IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        assert_eq!(client_address(v6), "2001:db8:1:2::/64");
+        let mapped: std::net::IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_address(mapped), "10.1.2.3");
+        assert_eq!(login_name_key(&"x".repeat(100)).len(), 5 + 64);
+    }
+
+    /// Failures slow the (name, address) they came from: the same name from another address
+    /// is not slowed (nobody can lock the admin out), and a good login clears the pair.
+    #[tokio::test]
+    async fn login_backoff_is_per_name_and_address() {
+        for db in crate::db::test_db::test_backends().await {
+            let s = &db.store;
+            let admin = login_name_key("admin");
+            let now = 1_000_000_000;
+            for i in 0..FREE_FAILURES_PER_NAME {
+                assert_eq!(
+                    login_wait(s, &admin, "10.0.0.9", now + i).await.unwrap(),
+                    None
+                );
+                login_failed(s, &admin, "10.0.0.9", now + i).await.unwrap();
+            }
+            assert_eq!(
+                login_wait(s, &admin, "10.0.0.9", now + 10).await.unwrap(),
+                None
+            );
+            login_failed(s, &admin, "10.0.0.9", now + 10).await.unwrap();
+            assert_eq!(
+                login_wait(s, &admin, "10.0.0.9", now + 10).await.unwrap(),
+                Some(30)
+            );
+            assert_eq!(
+                login_wait(s, &admin, "10.0.0.1", now + 10).await.unwrap(),
+                None
+            );
+            assert_eq!(
+                login_wait(s, &login_name_key("bob"), "10.0.0.9", now + 10)
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert_eq!(
+                login_wait(s, &admin, "10.0.0.9", now + 10 + 30_000)
+                    .await
+                    .unwrap(),
+                None
+            );
+            login_succeeded(s, &admin, "10.0.0.9").await.unwrap();
+            login_failed(s, &admin, "10.0.0.9", now + 40_000)
+                .await
+                .unwrap();
+            assert_eq!(
+                login_wait(s, &admin, "10.0.0.9", now + 40_000)
+                    .await
+                    .unwrap(),
+                None
+            );
+            // An address that fails with many names waits for all of them.
+            for i in 0..=FREE_FAILURES_PER_ADDRESS {
+                login_failed(s, &login_name_key(&format!("u{i}")), "10.0.0.7", now + i)
+                    .await
+                    .unwrap();
+            }
+            assert!(login_wait(s, &login_name_key("new"), "10.0.0.7", now + 100)
+                .await
+                .unwrap()
+                .is_some());
+            db.cleanup().await;
         }
-        assert!(l.locked_for("u").is_none());
-        l.fail("u");
-        assert!(l.locked_for("u").is_some());
-        l.clear("u");
-        assert!(l.locked_for("u").is_none());
     }
 }

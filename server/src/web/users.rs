@@ -93,23 +93,24 @@ pub async fn set_recovery(
         .await
 }
 
-/// Uses a recovery code once: true when it matched (it is then gone).
+/// Uses a recovery code once: true when it matched (it is then gone). Stored codes are salted
+/// hashes ([`super::totp::hash_recovery`]); the unsalted ones of older versions still match.
 pub async fn use_recovery(store: &Store, user_id: i64, code: &str) -> Result<bool, StoreError> {
     let Some(stored) = store.get_setting(&recovery_key(user_id)).await? else {
         return Ok(false);
     };
-    let given = super::session::sha256_hex(code.trim().to_ascii_lowercase().as_str());
     let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
-    if !hashes
+    let Some(used) = hashes
         .iter()
-        .any(|h| crate::app::constant_time_eq(h.as_bytes(), given.as_bytes()))
-    {
+        .position(|h| super::totp::recovery_matches(h, code))
+    else {
         return Ok(false);
-    }
+    };
     let left: Vec<String> = hashes
-        .into_iter()
-        .filter(|h| *h != given)
-        .map(str::to_owned)
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != used)
+        .map(|(_, h)| (*h).to_owned())
         .collect();
     set_recovery(store, user_id, &left).await?;
     Ok(true)

@@ -11,5 +11,9 @@ mod security;
 /// Rig-sent XSS payloads never execute and render as text.
 mod xss;
 
+/// Accounts: second-factor limits and replays, sessions ended on changes, per-address login
+/// backoff, secrets sealed at rest.
+mod accounts;
+
 /// Server-side rendering time and page weight of the overview with 1,000 rigs.
 mod scale;
