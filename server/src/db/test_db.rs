@@ -29,13 +29,10 @@ pub struct TestDb {
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    if getrandom::getrandom(&mut buf).is_err() {
-        // Uniqueness is what matters here, not secrecy.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        buf = t.to_le_bytes()[..bytes.min(16)].to_vec();
+    // Test databases only, but no clock-derived fallback anywhere in the server (issue 11,
+    // item 12): a test cannot run without randomness anyway.
+    if let Err(error) = getrandom::getrandom(&mut buf) {
+        panic!("the operating system's random source failed: {error}");
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,8 +6,11 @@ pub mod limits;
 pub mod live;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rigfleet_proto::command::{Command, CommandOrder};
@@ -71,6 +74,44 @@ pub struct CommandOutcome {
     pub output: String,
 }
 
+/// Someone waiting for a command's result.
+#[derive(Debug)]
+struct Waiter {
+    rig_id: i64,
+    tx: oneshot::Sender<CommandOutcome>,
+}
+
+type Waiters = Arc<Mutex<HashMap<String, Waiter>>>;
+
+fn lock_waiters(waiters: &Waiters) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+    waiters.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The result of a command, once the rig answers: a future that resolves to the outcome, or to
+/// an error when no answer can come any more (the rig's link closed). Dropping it (the caller's
+/// wait timed out, or it never waited) forgets the waiter, so rigs that never answer leave
+/// nothing behind in the hub (issue 11, item 10); the answer, when it comes, is still stored.
+#[derive(Debug)]
+pub struct CommandWait {
+    id: String,
+    rx: oneshot::Receiver<CommandOutcome>,
+    waiters: Waiters,
+}
+
+impl Future for CommandWait {
+    type Output = Result<CommandOutcome, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for CommandWait {
+    fn drop(&mut self) {
+        lock_waiters(&self.waiters).remove(&self.id);
+    }
+}
+
 /// The hub and the state it shares with every connection.
 pub struct Hub {
     /// The database.
@@ -91,8 +132,33 @@ pub struct Hub {
     /// Refusals logged once per key and minute.
     pub log_limiter: limits::LogLimiter,
     links: Mutex<HashMap<i64, Link>>,
-    command_waiters: Mutex<HashMap<String, oneshot::Sender<CommandOutcome>>>,
+    command_waiters: Waiters,
+    /// One lock per rig with a config push in progress: storing a new desired version, signing
+    /// it (which takes the next order counter) and queueing it happen under it, so versions
+    /// reach the rig in increasing order with increasing counters (issue 11, item 8).
+    push_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     next_conn: AtomicU64,
+}
+
+/// Holds a rig's push lock; the entry leaves the map when nobody else holds or waits for it.
+struct PushGuard<'a> {
+    locks: &'a Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    rig_id: i64,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for PushGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(guard) = self.guard.take() {
+            let lock = tokio::sync::OwnedMutexGuard::mutex(&guard).clone();
+            drop(guard);
+            // Clones are only made under `locks`: the map's and this one mean nobody waits.
+            if Arc::strong_count(&lock) == 2 {
+                locks.remove(&self.rig_id);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -116,7 +182,8 @@ impl Hub {
             telemetry_interval_secs,
             log_limiter: limits::LogLimiter::default(),
             links: Mutex::new(HashMap::new()),
-            command_waiters: Mutex::new(HashMap::new()),
+            command_waiters: Arc::new(Mutex::new(HashMap::new())),
+            push_locks: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }
     }
@@ -159,12 +226,29 @@ impl Hub {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn waiters(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<CommandOutcome>>> {
-        self.command_waiters
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+        lock_waiters(&self.command_waiters)
+    }
+
+    /// Commands whose caller still waits for the rig's answer (tests, diagnostics).
+    pub fn pending_command_waiters(&self) -> usize {
+        self.waiters().len()
+    }
+
+    /// Waits for the rig's config push lock (see [`Hub::set_desired_config`]).
+    async fn push_lock(&self, rig_id: i64) -> PushGuard<'_> {
+        let lock = self
+            .push_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .entry(rig_id)
+            .or_default()
+            .clone();
+        PushGuard {
+            locks: &self.push_locks,
+            rig_id,
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
     /// A fresh connection number.
@@ -219,11 +303,18 @@ impl Hub {
     /// Forgets a connection's rigs (only where that connection still holds them).
     pub(crate) fn unregister_link(&self, conn_id: u64, rig_ids: &[i64]) {
         let mut links = self.links();
+        let mut gone = Vec::new();
         for rig in rig_ids {
             if links.get(rig).is_some_and(|l| l.conn_id == conn_id) {
                 links.remove(rig);
                 self.live.update(*rig, |r| r.connected = false);
+                gone.push(*rig);
             }
+        }
+        if !gone.is_empty() {
+            // Nobody is left to answer their commands: wake the callers (no result) now rather
+            // than at their timeout. A result sent after a reconnect is still stored.
+            self.waiters().retain(|_, w| !gone.contains(&w.rig_id));
         }
         self.metrics.agents_connected.set(
             links
@@ -293,6 +384,11 @@ impl Hub {
 
     /// Stores a new desired config for the rig (the version is assigned there) and pushes it
     /// if the rig is connected; an offline rig gets it when it reconnects.
+    ///
+    /// Pushes to one rig are serialised (issue 11, item 8): storing the version, signing it
+    /// (the next order counter) and queueing the frame happen under the rig's push lock, so two
+    /// concurrent pushes reach the rig in version order with increasing counters and the rig
+    /// ends on the newest.
     pub async fn set_desired_config(
         &self,
         rig_id: i64,
@@ -300,16 +396,38 @@ impl Hub {
         config: &DesiredConfig,
         actor: Option<&str>,
     ) -> Result<(DesiredRow, bool), OrderError> {
+        let _push = self.push_lock(rig_id).await;
         let row = self
             .store
             .set_desired_config(rig_id, config, actor, crate::now_ms())
             .await?;
-        let sent = self.push_config(rig_id, rig_uid, &row).await?;
+        let sent = self.send_config(rig_id, rig_uid, &row).await?;
         Ok((row, sent))
     }
 
-    /// Signs and sends a stored desired config; false when the rig is not connected.
+    /// Signs and sends the rig's desired config; false when the rig is not connected. `row` is
+    /// what the caller read; when a newer version was stored since, the newer one is sent
+    /// instead (under the rig's push lock), so a late reconcile cannot follow a newer push
+    /// with an older version.
     pub async fn push_config(
+        &self,
+        rig_id: i64,
+        rig_uid: &RigId,
+        row: &DesiredRow,
+    ) -> Result<bool, OrderError> {
+        if !self.is_connected(rig_id) {
+            return Ok(false);
+        }
+        let _push = self.push_lock(rig_id).await;
+        let newest = match self.store.desired_config(rig_id).await? {
+            Some(current) if current.version > row.version => current,
+            _ => row.clone(),
+        };
+        self.send_config(rig_id, rig_uid, &newest).await
+    }
+
+    /// Signs and queues `row` for the rig; the caller holds the rig's push lock.
+    async fn send_config(
         &self,
         rig_id: i64,
         rig_uid: &RigId,
@@ -334,7 +452,7 @@ impl Hub {
         rig_uid: &RigId,
         command: Command,
         actor: Option<&str>,
-    ) -> Result<(CommandId, oneshot::Receiver<CommandOutcome>), OrderError> {
+    ) -> Result<(CommandId, CommandWait), OrderError> {
         let id = CommandId(format!("cmd-{}", random_hex(8)));
         let order = CommandOrder {
             command_id: id.clone(),
@@ -347,7 +465,13 @@ impl Hub {
             .insert_command(rig_id, id.as_str(), &payload, actor, now)
             .await?;
         let (tx, rx) = oneshot::channel();
-        self.waiters().insert(id.0.clone(), tx);
+        self.waiters().insert(id.0.clone(), Waiter { rig_id, tx });
+        // From here on, dropping `wait` (an error below, or the caller) forgets the waiter.
+        let wait = CommandWait {
+            id: id.0.clone(),
+            rx,
+            waiters: self.command_waiters.clone(),
+        };
         let sent = if self.is_connected(rig_id) {
             let signed = self
                 .sign(OrderKind::Command, rig_id, rig_uid, payload)
@@ -363,13 +487,13 @@ impl Hub {
                 .await?;
             self.command_finished(id.as_str(), false, output);
         }
-        Ok((id, rx))
+        Ok((id, wait))
     }
 
     /// Wakes whoever waits for a command's result.
     pub(crate) fn command_finished(&self, command_uid: &str, ok: bool, output: String) {
-        if let Some(tx) = self.waiters().remove(command_uid) {
-            let _ = tx.send(CommandOutcome { ok, output });
+        if let Some(waiter) = self.waiters().remove(command_uid) {
+            let _ = waiter.tx.send(CommandOutcome { ok, output });
         }
     }
 
@@ -405,19 +529,64 @@ pub fn live_entry(row: &crate::db::RigRow, interval: u32) -> RigLive {
         agent_version: None,
         hostname: None,
         telemetry_interval_secs: interval,
+        clock_offset_ms: None,
     }
 }
 
-/// `n` random bytes as hex (ids, nonces, secrets).
+/// `n` random bytes from the operating system as hex (ids, nonces, secrets: session ids, CSRF
+/// tokens, API token secrets, recovery codes, initial passwords).
+///
+/// # Panics
+///
+/// When the operating system's random source fails. That is deliberate (issue 11, item 12):
+/// these values are secrets, and one derived from the clock instead would be guessable, which
+/// is worse than no value. A panic here ends only the request or task that asked (tokio and
+/// axum keep serving the others) and says why in the log; on Linux `getrandom(2)` only fails
+/// this way when the kernel has no usable source at all, which no retry would fix. Callers
+/// that can report an error instead use [`try_random_hex`].
 pub fn random_hex(n: usize) -> String {
+    random_hex_from(n, getrandom::getrandom)
+}
+
+/// `n` random bytes from the operating system as hex, or why there are none.
+pub fn try_random_hex(n: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; n];
-    // The OS random source failing is not recoverable in a meaningful way; fall back to time
-    // so ids stay unique rather than panicking.
-    if getrandom::getrandom(&mut bytes).is_err() {
-        let t = crate::now_ms().to_be_bytes();
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = t[i % 8] ^ (i as u8);
-        }
+    getrandom::getrandom(&mut bytes)?;
+    Ok(crate::keys::hex(&bytes))
+}
+
+fn random_hex_from(
+    n: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> String {
+    let mut bytes = vec![0u8; n];
+    if let Err(error) = fill(&mut bytes) {
+        panic!(
+            "the operating system's random source failed ({error}); refusing to make a \
+             predictable id, token or secret instead"
+        );
     }
     crate::keys::hex(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, item 12: with no OS randomness there is no id, token or secret at all (the
+    /// old code made one from the clock).
+    #[test]
+    #[should_panic(expected = "refusing to make a predictable id, token or secret")]
+    fn random_hex_refuses_to_fall_back_to_the_clock() {
+        random_hex_from(16, |_| Err(getrandom::Error::UNSUPPORTED));
+    }
+
+    #[test]
+    fn random_hex_is_hex_of_the_requested_length() {
+        let a = random_hex(16);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, random_hex(16));
+        assert_eq!(try_random_hex(4).map(|s| s.len()).ok(), Some(8));
+    }
 }

@@ -6,6 +6,9 @@ mod stratum_mining;
 /// The server's agent hub over real sockets: handshake, acks, dedup, refusals, orders.
 mod server_hub;
 
+/// Orders through the hub: config pushes in version order, command waiters that end.
+mod hub_orders;
+
 /// The server's REST API, OpenAPI document, metrics and restart.
 mod server_api;
 
