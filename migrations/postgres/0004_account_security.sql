@@ -4,7 +4,7 @@
 
 -- Wrong second-factor codes in a row (a right code sets it back to 0), the time until which
 -- the second factor refuses every code, and the highest 30-second step a code was accepted for.
-ALTER TABLE users ADD COLUMN totp_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN totp_failures BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN totp_locked_until_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT -1;
 
@@ -13,7 +13,7 @@ ALTER TABLE users ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT -1;
 CREATE TABLE login_failures (
     name             TEXT    NOT NULL,
     address          TEXT    NOT NULL,
-    failures         INTEGER NOT NULL,
+    failures         BIGINT  NOT NULL,
     last_failure_ms  BIGINT NOT NULL,
     PRIMARY KEY (name, address)
 );

@@ -319,11 +319,11 @@ async fn login_refusals_rate_limit_and_totp() {
         .and_then(|r| r.split('<').next())
         .unwrap()
         .to_string();
-    // The code of the next step (accepted for clock drift): a step is good once, and the
-    // confirmation used the current one.
-    let code = |secret: &str| {
+    // Logins use the code of the next step (accepted for clock drift): a step is good once,
+    // and the confirmation used the current one.
+    let code_at = |secret: &str, ahead: u64| {
         let key = rigfleet_server::web::totp::base32_decode(secret).unwrap();
-        let step = (rigfleet_server::now_ms() / 1000) as u64 / 30 + 1;
+        let step = (rigfleet_server::now_ms() / 1000) as u64 / 30 + ahead;
         format!(
             "{:06}",
             rigfleet_server::web::totp::hotp(&key, step, 6).unwrap()
@@ -337,7 +337,7 @@ async fn login_refusals_rate_limit_and_totp() {
         Some(&origin),
         FORM,
         &[],
-        &format!("{form}&code={}", code(&secret)),
+        &format!("{form}&code={}", code_at(&secret, 0)),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -354,7 +354,7 @@ async fn login_refusals_rate_limit_and_totp() {
     assert!(login(addr, "tina", &tina_pw).await.is_none());
     for (attempt, good) in [
         ("000000", false),
-        (code(&secret).as_str(), true),
+        (code_at(&secret, 1).as_str(), true),
         (recovery.as_str(), true),
         (recovery.as_str(), false),
     ] {
