@@ -30,6 +30,8 @@ pub struct AppState {
     pub public_url: String,
     /// `sha256:…` of the TLS certificate when serving TLS.
     pub tls_fingerprint: Option<String>,
+    /// Attempts per address at `/api/agent/enroll`.
+    pub enroll_limiter: Arc<crate::enroll::EnrollLimiter>,
 }
 
 /// The router.

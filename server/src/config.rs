@@ -93,8 +93,11 @@ pub struct ServerConfig {
     /// The address agents and browsers use to reach the server (shown in enroll commands);
     /// defaults to the listen address with the right scheme.
     pub public_url: Option<String>,
-    /// Bearer token Prometheus must send to read /metrics; `None` = open.
+    /// Bearer token Prometheus must send to read /metrics; `None` = open (allowed off loopback
+    /// only with `public_metrics`).
     pub metrics_token: Option<String>,
+    /// Leave /metrics open on a non-loopback address on purpose (`--public-metrics`).
+    pub public_metrics: bool,
     /// Telemetry interval told to agents in `welcome`.
     pub telemetry_interval_secs: u32,
     /// Retention of telemetry.
@@ -123,11 +126,61 @@ impl ServerConfig {
         format!("{scheme}://{}", self.listen)
     }
 
+    /// Who may read `/metrics`, or why this config must not start: off loopback, /metrics
+    /// (every rig, group and pool URL) needs a bearer token unless the operator chose
+    /// `public_metrics`.
+    pub fn metrics_access(&self) -> Result<MetricsAccess, ConfigError> {
+        match self.metrics_token.as_deref() {
+            Some(t) if t.trim().is_empty() || t.len() > 512 => Err(ConfigError::Invalid {
+                key: "metrics_token",
+                reason: "must be 1 to 512 characters".into(),
+            }),
+            Some(_) => Ok(MetricsAccess::Token),
+            None if self.listen.ip().is_loopback() => Ok(MetricsAccess::Loopback),
+            None if self.public_metrics => Ok(MetricsAccess::Public),
+            None => Err(ConfigError::Invalid {
+                key: "metrics_token",
+                reason: format!(
+                    "the server listens on {}, which is not loopback, and /metrics lists every rig, \
+                     group and pool: set a token Prometheus must send (--metrics-token, \
+                     RIGFLEET_METRICS_TOKEN or metrics_token in the file), or leave /metrics open \
+                     to anyone on purpose (--public-metrics, RIGFLEET_PUBLIC_METRICS=true or \
+                     public_metrics = true)",
+                    self.listen
+                ),
+            }),
+        }
+    }
+
     /// Whether the database is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.database_url
             .as_deref()
             .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+}
+
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Callers that send the bearer token.
+    Token,
+    /// Anyone who reaches the loopback address.
+    Loopback,
+    /// Anyone: the operator chose `public_metrics` on a non-loopback address.
+    Public,
+}
+
+impl MetricsAccess {
+    /// What the server says at start.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MetricsAccess::Token => "/metrics needs the bearer token (metrics_token)",
+            MetricsAccess::Loopback => "/metrics is open on loopback only",
+            MetricsAccess::Public => {
+                "/metrics is open to anyone who reaches this address (public_metrics)"
+            }
+        }
     }
 }
 
@@ -154,6 +207,8 @@ pub struct Overrides {
     pub public_url: Option<String>,
     /// `--metrics-token`.
     pub metrics_token: Option<String>,
+    /// `--public-metrics`.
+    pub public_metrics: bool,
 }
 
 /// The file as written; every key optional, unknown keys are errors.
@@ -165,6 +220,7 @@ struct FileConfig {
     database_url: Option<String>,
     public_url: Option<String>,
     metrics_token: Option<String>,
+    public_metrics: Option<bool>,
     telemetry_interval_secs: Option<u32>,
     #[serde(default)]
     tls: FileTls,
@@ -292,16 +348,20 @@ fn build(file: FileConfig, o: &Overrides) -> Result<ServerConfig, ConfigError> {
             reason: "each table must keep at least as long as the finer one, and raw > 0".into(),
         });
     }
-    Ok(ServerConfig {
+    let config = ServerConfig {
         listen,
         data_dir,
         database_url,
         tls,
         public_url: o.public_url.clone().or(file.public_url),
         metrics_token: o.metrics_token.clone().or(file.metrics_token),
+        public_metrics: o.public_metrics || file.public_metrics.unwrap_or(false),
         telemetry_interval_secs,
         retention,
-    })
+    };
+    // Who may read /metrics is checked when the server starts (`metrics_access`), so the
+    // token and key commands still work with a config that could not serve.
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -332,6 +392,36 @@ mod tests {
         assert!(c.public_url().starts_with("https://"));
         let c = parse("listen = \"0.0.0.0:8080\"\n[tls]\nplain_http = true").unwrap();
         assert_eq!(c.tls, TlsMode::Plain);
+    }
+
+    #[test]
+    fn metrics_off_loopback_need_a_token_or_an_explicit_choice() {
+        let access = |text: &str| parse(text).unwrap().metrics_access();
+        let e = access("listen = \"0.0.0.0:8443\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with("metrics_token:") && e.contains("--public-metrics"),
+            "{e}"
+        );
+        let e = access("listen = \"[::]:8443\"").unwrap_err().to_string();
+        assert!(e.starts_with("metrics_token:"), "{e}");
+        assert_eq!(
+            access("listen = \"0.0.0.0:8443\"\nmetrics_token = \"s3cret\"").unwrap(),
+            MetricsAccess::Token
+        );
+        assert_eq!(
+            access("listen = \"0.0.0.0:8443\"\npublic_metrics = true").unwrap(),
+            MetricsAccess::Public
+        );
+        let flags = Overrides {
+            listen: Some("192.0.2.1:8080".into()),
+            public_metrics: true,
+            ..Overrides::default()
+        };
+        let c = build(FileConfig::default(), &flags).unwrap();
+        assert_eq!(c.metrics_access().unwrap(), MetricsAccess::Public);
+        assert_eq!(access("").unwrap(), MetricsAccess::Loopback);
+        let e = access("metrics_token = \" \"").unwrap_err().to_string();
+        assert!(e.starts_with("metrics_token:"), "{e}");
     }
 
     #[test]

@@ -163,6 +163,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tls: TlsMode::Plain,
         public_url: None,
         metrics_token: None,
+        public_metrics: false,
         telemetry_interval_secs: 5,
         retention: RetentionConfig::default(),
     };

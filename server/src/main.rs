@@ -60,6 +60,10 @@ struct CommonArgs {
         hide_env_values = true
     )]
     metrics_token: Option<String>,
+    /// Leave /metrics open to anyone on a non-loopback address (without it, such an address
+    /// needs --metrics-token and the server refuses to start).
+    #[arg(long, env = "RIGFLEET_PUBLIC_METRICS", global = true)]
+    public_metrics: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +146,7 @@ impl CommonArgs {
             self_signed: self.self_signed,
             public_url: self.public_url.clone(),
             metrics_token: self.metrics_token.clone(),
+            public_metrics: self.public_metrics,
         }
     }
 }

@@ -153,6 +153,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         metrics_token: config.metrics_token.as_deref().map(Arc::from),
         public_url: url.clone(),
         tls_fingerprint: tls_fingerprint.clone(),
+        enroll_limiter: Arc::default(),
     };
     let app = crate::app::router(state);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -163,6 +164,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         shutdown_rx,
     ));
     tracing::info!(%url, rigs, database = ?store.kind(), "rigfleet server listening");
+    tracing::info!(metrics = metrics_access.describe(), "Metrics access");
     Ok(RunningServer {
         addr,
         url,

@@ -38,6 +38,7 @@ pub fn test_config(data_dir: &std::path::Path, database_url: String) -> ServerCo
         tls: TlsMode::Plain,
         public_url: None,
         metrics_token: None,
+        public_metrics: false,
         telemetry_interval_secs: 1,
         retention: RetentionConfig::default(),
     }

@@ -58,13 +58,13 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Why a token that matched its secret cannot be used now.
-fn refusal(t: &EnrollTokenRow, now_ms: i64) -> Option<TokenUseError> {
+/// Why a token that matched its secret cannot enroll `rigs` more rigs now.
+fn refusal(t: &EnrollTokenRow, now_ms: i64, rigs: i64) -> Option<TokenUseError> {
     if t.revoked {
         Some(TokenUseError::Revoked)
     } else if t.expires_at_ms.is_some_and(|e| e <= now_ms) {
         Some(TokenUseError::Expired)
-    } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+    } else if t.max_uses.is_some_and(|m| t.uses.saturating_add(rigs) > m) {
         Some(TokenUseError::Exhausted)
     } else {
         None
@@ -107,22 +107,26 @@ impl Store {
             .bind(token_id).execute(p).await?.rows_affected() == 1))
     }
 
-    /// Atomically checks and consumes one use: unknown / bad secret (compare the hashes in
-    /// constant time) / revoked / expired / exhausted are distinct errors.
+    /// Atomically checks and consumes one use per rig (`rigs`, at least 1: a token's
+    /// `max_uses` counts rigs, not requests): unknown / bad secret (compare the hashes in
+    /// constant time) / revoked / expired / exhausted (fewer uses left than rigs) are distinct
+    /// errors; nothing is consumed when the request is refused.
     pub async fn use_enroll_token(
         &self,
         token_id: &str,
         secret_sha256_hex: &str,
         now_ms: i64,
+        rigs: i64,
     ) -> Result<EnrollTokenRow, TokenUseError> {
+        let rigs = rigs.max(1);
         let select = format!("SELECT {COLS} FROM enrollment_tokens WHERE token_id = $1");
         // The conditional update is the atomic step: of two racing enrollments on the last use,
         // the database lets exactly one increment through.
         let consume = format!(
-            "UPDATE enrollment_tokens SET uses = uses + 1
+            "UPDATE enrollment_tokens SET uses = uses + $3
              WHERE token_id = $1 AND revoked = FALSE
                AND (expires_at_ms IS NULL OR expires_at_ms > $2)
-               AND (max_uses IS NULL OR uses < max_uses)
+               AND (max_uses IS NULL OR uses + $3 <= max_uses)
              RETURNING {COLS}"
         );
         dispatch!(self, p => {
@@ -132,16 +136,16 @@ impl Store {
             if !constant_time_eq(&secret, secret_sha256_hex) {
                 return Err(TokenUseError::BadSecret);
             }
-            if let Some(e) = refusal(&current, now_ms) {
+            if let Some(e) = refusal(&current, now_ms, rigs) {
                 return Err(e);
             }
-            match sqlx::query(&consume).bind(token_id).bind(now_ms).fetch_optional(p).await? {
+            match sqlx::query(&consume).bind(token_id).bind(now_ms).bind(rigs).fetch_optional(p).await? {
                 Some(row) => Ok(token_from(&row)?.0),
                 None => {
                     // Lost a race (or the token changed meanwhile): say why from a fresh read.
                     let row = sqlx::query(&select).bind(token_id).fetch_optional(p).await?;
                     let Some(row) = row else { return Err(TokenUseError::Unknown) };
-                    Err(refusal(&token_from(&row)?.0, now_ms).unwrap_or(TokenUseError::Exhausted))
+                    Err(refusal(&token_from(&row)?.0, now_ms, rigs).unwrap_or(TokenUseError::Exhausted))
                 }
             }
         })
@@ -184,25 +188,31 @@ mod tests {
             ));
             let good = "aa".repeat(32);
             assert!(matches!(
-                s.use_enroll_token("nope", &good, 20).await,
+                s.use_enroll_token("nope", &good, 20, 1).await,
                 Err(TokenUseError::Unknown)
             ));
             assert!(matches!(
-                s.use_enroll_token("t1", &"ab".repeat(32), 20).await,
+                s.use_enroll_token("t1", &"ab".repeat(32), 20, 1).await,
                 Err(TokenUseError::BadSecret)
             ));
             assert!(matches!(
-                s.use_enroll_token("t1", "aa", 20).await,
+                s.use_enroll_token("t1", "aa", 20, 1).await,
                 Err(TokenUseError::BadSecret)
             ));
-            assert_eq!(s.use_enroll_token("t1", &good, 20).await.unwrap().uses, 1);
+            assert_eq!(
+                s.use_enroll_token("t1", &good, 20, 1).await.unwrap().uses,
+                1
+            );
             assert!(matches!(
-                s.use_enroll_token("t1", &good, 1000).await,
+                s.use_enroll_token("t1", &good, 1000, 1).await,
                 Err(TokenUseError::Expired)
             ));
-            assert_eq!(s.use_enroll_token("t1", &good, 20).await.unwrap().uses, 2);
+            assert_eq!(
+                s.use_enroll_token("t1", &good, 20, 1).await.unwrap().uses,
+                2
+            );
             assert!(matches!(
-                s.use_enroll_token("t1", &good, 20).await,
+                s.use_enroll_token("t1", &good, 20, 1).await,
                 Err(TokenUseError::Exhausted)
             ));
 
@@ -210,20 +220,40 @@ mod tests {
                 .await
                 .unwrap();
             for _ in 0..3 {
-                s.use_enroll_token("t2", &good, 20).await.unwrap();
+                s.use_enroll_token("t2", &good, 20, 1).await.unwrap();
             }
             assert!(s.revoke_enroll_token("t2").await.unwrap());
             assert!(!s.revoke_enroll_token("zz").await.unwrap());
             assert!(matches!(
-                s.use_enroll_token("t2", &good, 20).await,
+                s.use_enroll_token("t2", &good, 20, 1).await,
                 Err(TokenUseError::Revoked)
             ));
+            // Uses count rigs: a request for more rigs than are left is refused whole.
+            s.create_enroll_token(&token("t3", Some(3), None))
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.use_enroll_token("t3", &good, 20, 4).await,
+                Err(TokenUseError::Exhausted)
+            ));
+            assert_eq!(
+                s.use_enroll_token("t3", &good, 20, 2).await.unwrap().uses,
+                2
+            );
+            assert!(matches!(
+                s.use_enroll_token("t3", &good, 20, 2).await,
+                Err(TokenUseError::Exhausted)
+            ));
+            assert_eq!(
+                s.use_enroll_token("t3", &good, 20, 1).await.unwrap().uses,
+                3
+            );
             let list = s.list_enroll_tokens().await.unwrap();
             assert_eq!(
                 list.iter().map(|t| t.token_id.as_str()).collect::<Vec<_>>(),
-                ["t2", "t1"]
+                ["t3", "t2", "t1"]
             );
-            assert_eq!(list[0].uses, 3);
+            assert_eq!(list[1].uses, 3);
             db.cleanup().await;
         }
     }
@@ -241,7 +271,7 @@ mod tests {
                 let tasks: Vec<_> = (0..4)
                     .map(|_| {
                         let (s, id, good) = (s.clone(), id.clone(), good.clone());
-                        tokio::spawn(async move { s.use_enroll_token(&id, &good, 20).await })
+                        tokio::spawn(async move { s.use_enroll_token(&id, &good, 20, 1).await })
                     })
                     .collect();
                 let mut wins = 0;

@@ -11,7 +11,7 @@ use rigfleet_tests::server::{send, start_on, telemetry};
 async fn overview_with_1000_rigs() {
     let ts = start_on(TestDb::sqlite().await.unwrap()).await;
     let addr = ts.addr();
-    let token = ts.enroll_token(r#"{"max_uses": 20}"#).await;
+    let token = ts.enroll_token(r#"{"max_uses": 1000}"#).await;
     // Ten agents of 100 rigs: the hub throttles frames per connection (one frame per rig).
     let mut links = Vec::new();
     let now = rigfleet_server::now_ms();

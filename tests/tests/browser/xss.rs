@@ -71,7 +71,7 @@ async fn rig_sent_payloads_never_execute() {
     let addr = ts.addr();
     let base = format!("http://{addr}");
     let (admin, password) = ts.server.first_admin.clone().unwrap();
-    let token = ts.enroll_token(r#"{"max_uses": 2}"#).await;
+    let token = ts.enroll_token(r#"{"max_uses": 50}"#).await;
     let n = PAYLOADS.len();
     let rigs: Vec<(String, String)> = (0..n)
         .map(|i| (PAYLOADS[i].to_string(), PAYLOADS[(i + 1) % n].to_string()))

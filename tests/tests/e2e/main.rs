@@ -12,6 +12,10 @@ mod hub_orders;
 /// The server's REST API, OpenAPI document, metrics and restart.
 mod server_api;
 
+/// The API surface: dangerous commands, wallets, config ranges and audit, JSON errors,
+/// /metrics off loopback, enrollment limits.
+mod api_surface;
+
 /// The real agent binary against the real server and test pools.
 mod agent_server;
 
