@@ -3,10 +3,15 @@
 
 use std::time::Duration;
 
+use rigfleet_engine::Algorithm;
 use rigfleet_proto::command::Command;
 use rigfleet_proto::config::{DesiredConfig, PoolSpec};
 use rigfleet_proto::server_to_agent::ServerMessage;
+use rigfleet_server::db::test_db::TestDb;
+use rigfleet_stratum::pool::{Pool, PoolConfig};
+use rigfleet_tests::agent_proc::{run_agent, AgentProc};
 use rigfleet_tests::server::*;
+use rigfleet_tests::wait_until;
 
 /// Generous cap for something that happens at once when it works.
 const CAP: Duration = Duration::from_secs(30);
@@ -47,7 +52,11 @@ async fn next_config(ws: &mut Ws) -> (u64, u64, String) {
     .await
     .expect("a set_config");
     let cfg: DesiredConfig = serde_json::from_str(&order.payload).expect("config payload");
-    let user = cfg.pools.first().map(|p| p.user.clone()).unwrap_or_default();
+    let user = cfg
+        .pools
+        .first()
+        .map(|p| p.user.clone())
+        .unwrap_or_default();
     (order.counter, cfg.version, user)
 }
 
@@ -149,7 +158,11 @@ async fn command_waiters_end_with_their_wait_or_the_link() {
             assert_eq!(status, 200, "{body}");
             assert!(body["ok"].is_null(), "no answer came: {body}");
         }
-        assert_eq!(hub.pending_command_waiters(), 0, "timed-out waits are forgotten");
+        assert_eq!(
+            hub.pending_command_waiters(),
+            0,
+            "timed-out waits are forgotten"
+        );
 
         // Directly: a waiter counts while held and goes when its rig's link closes.
         let rig_id = hub
@@ -178,4 +191,87 @@ async fn command_waiters_end_with_their_wait_or_the_link() {
         assert_eq!(hub.pending_command_waiters(), 0);
         ts.finish().await;
     }
+}
+
+/// Issue 11, item 8, both sides together: the real agent, pushed a burst of concurrent configs
+/// through the REST API, ends on the newest one, reports every one applied, and refuses none
+/// (before, it could receive an older version after a newer one and the server then showed the
+/// refusal of the older one as the rig's state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_agent_ends_on_the_newest_of_concurrent_pushes() {
+    let pool = Pool::bind(PoolConfig::new(Algorithm::Sha256d))
+        .await
+        .expect("pool binds");
+    let ts = start_on(TestDb::sqlite().await.expect("sqlite")).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("agent");
+    let state_arg = state_dir.to_str().expect("utf-8 path").to_string();
+    let token = ts.enroll_token(r#"{"max_uses": 1}"#).await;
+    let (ok, out) = run_agent(&[
+        "enroll",
+        "--server",
+        &ts.server.url,
+        "--token",
+        &token,
+        "--state-dir",
+        &state_arg,
+    ]);
+    assert!(ok, "enroll failed:\n{out}");
+    let (_, list) = ts.get("/api/v1/rigs").await;
+    let rig = list["items"][0]["id"]
+        .as_str()
+        .expect("enrolled rig listed")
+        .to_string();
+    let mut agent = AgentProc::spawn(
+        &["run", "--state-dir", &state_arg, "--api-listen", "off"],
+        &state.path().join("agent.log"),
+    );
+    let store = ts.server.hub.store.clone();
+    wait_until("the agent connected", CAP, async || {
+        ts.server
+            .hub
+            .store
+            .rig_by_uid(&rig)
+            .await
+            .ok()?
+            .map(|r| r.id)
+            .filter(|id| ts.server.hub.is_connected(*id))
+    })
+    .await;
+
+    let config = |user: &str| {
+        format!(
+            r#"{{"algorithm":"sha256d","pools":[{{"url":"{}","user":"{user}","password":"x"}}],"devices":[{{"device_id":"cpu","enabled":true,"threads":1}}]}}"#,
+            pool.url()
+        )
+    };
+    let bodies: Vec<String> = (0..12).map(|i| config(&format!("wallet.{i}"))).collect();
+    let puts = bodies.iter().map(|body| {
+        let path = format!("/api/v1/rigs/{rig}/config");
+        let ts = &ts;
+        async move { ts.send("PUT", &path, body).await }
+    });
+    let mut newest = 0;
+    for (status, body) in futures_util::future::join_all(puts).await {
+        assert_eq!(status, 200, "{body}");
+        newest = newest.max(body["version"].as_u64().expect("a version"));
+    }
+    let r = wait_until("the newest version applied", CAP, async || {
+        let r = store.rig_by_uid(&rig).await.ok()??;
+        (r.applied_version == Some(newest)).then_some(r)
+    })
+    .await;
+    assert_eq!(r.applied_ok, Some(true), "{r:?}");
+    let (_, events) = ts.get(&format!("/api/v1/events?rig={rig}")).await;
+    let failed: Vec<_> = events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == "config_failed" || e["kind"] == "config_refused")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(failed.is_empty(), "no push was refused: {failed:?}");
+    assert!(agent.stop(), "clean exit on SIGTERM:\n{}", agent.output());
+    ts.finish().await;
 }
