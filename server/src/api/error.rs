@@ -3,11 +3,14 @@
 //! some). Database details stay in the log, not in the answer.
 //!
 //! One rule for request bodies, applied by one extractor ([`ApiJson`]) on every endpoint that
-//! takes JSON: a body with `Content-Type: application/json` (or `application/*+json`) is read as
-//! JSON; a body without a `Content-Type` is read as JSON only on requests that carry an
-//! `Authorization` header (API tokens: `curl -d` without `-H 'Content-Type: …'` works); any other
-//! content type, or no content type on a cookie-authenticated request, is refused with 415.
-//! Cookie requests keep their CSRF/Origin checks (in [`super::auth`]) whatever the body.
+//! takes JSON ([`check_json_body`]): a body with `Content-Type: application/json` (or
+//! `application/*+json`) is read as JSON on every request. On requests with an `Authorization`
+//! header (API tokens) a body without a `Content-Type`, or with
+//! `application/x-www-form-urlencoded` (what `curl -d` sends unless told otherwise), is read as
+//! JSON too: a bearer token is never sent by a browser on its own, so these requests need no
+//! CSRF defence. Any other content type, and anything but JSON on cookie-authenticated
+//! requests (which keep their CSRF-token and Origin checks in [`super::auth`]), is refused
+//! with 415.
 //!
 //! Whatever else answers an error under `/api/v1` (axum's own rejections of paths and queries,
 //! 405 for a wrong method, 404 for an unknown route, 413 for a body over the limit) is rewritten
@@ -165,20 +168,34 @@ fn is_json_content_type(value: &HeaderValue) -> bool {
 
 /// The body rule (see the module's documentation): `Ok` when the body may be read as JSON.
 pub fn check_json_body(headers: &HeaderMap) -> Result<(), ApiFailure> {
+    let token = headers.contains_key(header::AUTHORIZATION);
+    let refuse = |message: &str| {
+        Err(ApiFailure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        ))
+    };
     match headers.get(header::CONTENT_TYPE) {
         Some(v) if is_json_content_type(v) => Ok(()),
-        Some(_) => Err(ApiFailure::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the body must be JSON (Content-Type: application/json)",
-        )),
-        None if headers.contains_key(header::AUTHORIZATION) => Ok(()),
-        None => Err(ApiFailure::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json (only API-token requests may leave it out)",
-        )),
+        Some(v) if token && is_curl_default(v) => Ok(()),
+        Some(_) => refuse("the body must be JSON (Content-Type: application/json)"),
+        None if token => Ok(()),
+        None => {
+            refuse("send Content-Type: application/json (only API-token requests may leave it out)")
+        }
     }
+}
+
+/// `application/x-www-form-urlencoded`, which `curl -d` sends when not told the type.
+fn is_curl_default(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
 }
 
 /// Reads `bytes` as `T`; syntax errors are 400 `invalid_json`, a body of the wrong shape is 422
@@ -358,12 +375,21 @@ mod tests {
             "application/merge-patch+json"
         )]))
         .is_ok());
-        // An API token without a content type: what `curl -d` sends.
+        // An API token without a content type, or with the one `curl -d` sends.
         assert!(check_json_body(&headers(&[("authorization", "Bearer rft_x")])).is_ok());
+        assert!(check_json_body(&headers(&[
+            ("authorization", "Bearer rft_x"),
+            ("content-type", "application/x-www-form-urlencoded")
+        ]))
+        .is_ok());
         for h in [
             headers(&[]),
             headers(&[("content-type", "text/plain")]),
             headers(&[("content-type", "application/x-www-form-urlencoded")]),
+            headers(&[
+                ("content-type", "multipart/form-data; boundary=x"),
+                ("authorization", "Bearer rft_x"),
+            ]),
             headers(&[
                 ("content-type", "text/plain"),
                 ("authorization", "Bearer rft_x"),

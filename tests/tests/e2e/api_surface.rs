@@ -598,6 +598,10 @@ async fn every_api_error_is_json_and_one_body_rule_holds() {
     ] {
         let (status, text) = raw(addr, method, &path, &[auth], &body).await;
         assert_eq!(status, 200, "{method} {path} without Content-Type: {text}");
+        // `curl -d` without `-H 'Content-Type: …'` sends the form type.
+        let curl = [auth, ("Content-Type", FORM)];
+        let (status, text) = raw(addr, method, &path, &curl, &body).await;
+        assert_eq!(status, 200, "{method} {path} as curl -d sends it: {text}");
     }
 
     // A cookie request must name its JSON (its CSRF/Origin checks stay as they were).
@@ -618,6 +622,20 @@ async fn every_api_error_is_json_and_one_body_rule_holds() {
     .await;
     assert_eq!(status, 415, "{text}");
     error_json(status, &text);
+    let (status, text) = raw(
+        addr,
+        "PATCH",
+        &format!("/api/v1/rigs/{rig}"),
+        &[
+            ("Cookie", s.cookie.as_str()),
+            ("Origin", origin.as_str()),
+            ("X-CSRF-Token", s.csrf.as_str()),
+            ("Content-Type", FORM),
+        ],
+        r#"{"name":"r2"}"#,
+    )
+    .await;
+    assert_eq!(status, 415, "a cookie request with a form type: {text}");
     let (status, text) = cookie_api(
         addr,
         &s,
