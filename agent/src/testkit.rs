@@ -58,6 +58,11 @@ pub struct FakeState {
     pub connections: usize,
     /// Close frames received from agents.
     pub closes: usize,
+    /// How far the server's clock is ahead of the agent's (ms), as its signed `welcome` time says.
+    pub clock_ahead_ms: i64,
+    /// Send `welcome` without the signed time (a server older than the agent, or a proxy
+    /// that stripped it).
+    pub unsigned_welcome: bool,
     controls: Vec<(RigId, mpsc::UnboundedSender<Ctl>)>,
 }
 
@@ -314,7 +319,7 @@ impl FakeServer {
         let challenge = ServerMessage::Challenge(Challenge {
             nonce: rigfleet_engine::hex::encode(&nonce),
             server_time_unix_ms: crate::daemon::link::now_unix_ms(),
-            protocol: 1,
+            protocol: rigfleet_proto::PROTOCOL_VERSION,
         });
         if ws.send(send(challenge)).await.is_err() {
             return;
@@ -351,7 +356,7 @@ impl FakeServer {
             return;
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (conn, interval) = {
+        let (conn, interval, clock_ahead_ms, unsigned) = {
             let mut st = self.state();
             st.auth_ok += 1;
             st.connections += 1;
@@ -363,11 +368,31 @@ impl FakeServer {
             st.controls.push((rig, tx));
             st.hello_acked
                 .push(hello.rigs.first().and_then(|r| r.last_acked_seq));
-            (st.connections, st.interval_secs)
+            (
+                st.connections,
+                st.interval_secs,
+                st.clock_ahead_ms,
+                st.unsigned_welcome,
+            )
         };
+        let server_time = crate::daemon::link::now_unix_ms() + clock_ahead_ms;
+        let agent_nonce = hello
+            .nonce
+            .as_deref()
+            .and_then(rigfleet_proto::signing::decode_hex_array::<32>);
+        let time_sig = agent_nonce.filter(|_| !unsigned).map(|n| {
+            let bytes = rigfleet_proto::signing::server_time_signing_bytes(
+                &n,
+                &hello.agent_id,
+                server_time,
+            );
+            rigfleet_engine::hex::encode(&self.key.sign(&bytes).to_bytes())
+        });
         let welcome = ServerMessage::Welcome(Welcome {
             telemetry_interval_secs: interval,
-            clock_offset_ms: 0,
+            clock_offset_ms: clock_ahead_ms,
+            server_time_unix_ms: time_sig.as_ref().map(|_| server_time),
+            time_sig,
         });
         if ws.send(send(welcome)).await.is_err() {
             return;
@@ -417,6 +442,7 @@ impl FakeServer {
                 st.acking.then_some(ServerMessage::Ack(Ack {
                     rig_id: t.rig_id,
                     seq: last,
+                    stream_id: t.stream_id,
                 }))
             }
             AgentMessage::ConfigApplied(c) => {

@@ -57,6 +57,10 @@ pub struct Hello {
     pub clock_unix_ms: i64,
     /// Every rig the agent fronts (one for an ordinary rig, many for a LAN-ASIC gateway).
     pub rigs: Vec<RigHello>,
+    /// Protocol 2: 32 fresh random bytes, hex, that the server signs with its time in
+    /// `welcome`, so the clock offset orders are judged with cannot be forged or replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// One rig in `hello`.
@@ -77,6 +81,10 @@ pub struct RigHello {
     /// Highest order counter the agent accepted (so a restored server database can catch up).
     #[serde(default)]
     pub last_order_counter: Option<u64>,
+    /// Protocol 2: the telemetry stream the agent's queue belongs to (made when the queue was
+    /// created; a new one after the queue was lost or reset, whose seqs start again at 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
 }
 
 /// A device as the agent found it.
@@ -110,6 +118,14 @@ pub struct Telemetry {
     pub rig_id: RigId,
     /// The samples.
     pub samples: Vec<Sample>,
+    /// Protocol 2: the stream the seqs belong to (absent: the rig's legacy stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
+    /// Protocol 2: every seq up to this one that the server has not acknowledged was dropped
+    /// by the agent (its queue overflowed) and will never be sent, so the server's
+    /// acknowledgement may move past them (they are counted as lost, not as stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_through: Option<u64>,
 }
 
 /// `config_applied`.
@@ -172,6 +188,27 @@ pub struct Event {
     pub message: String,
 }
 
+/// The highest telemetry seq (the databases store seqs as signed 64-bit integers).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+/// Longest telemetry stream id.
+pub const MAX_STREAM_ID_LEN: usize = 64;
+
+/// A stream id is 1 to 64 characters of `[A-Za-z0-9_-]` (agents make 32 hex digits).
+pub fn validate_stream_id(field: &'static str, id: &str) -> Result<(), ProtoError> {
+    if id.is_empty()
+        || id.len() > MAX_STREAM_ID_LEN
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ProtoError::invalid(
+            field,
+            "1 to 64 characters of A-Z, a-z, 0-9, - and _",
+        ));
+    }
+    Ok(())
+}
+
 impl AgentMessage {
     /// Checks every limit of the message.
     pub fn validate(&self) -> Result<(), ProtoError> {
@@ -190,8 +227,16 @@ impl AgentMessage {
                     ));
                 }
                 check_count("rigs", &h.rigs, MAX_RIGS_PER_AGENT)?;
+                if let Some(n) = &h.nonce {
+                    if decode_hex_array::<32>(n).is_none() {
+                        return Err(ProtoError::invalid("nonce", "not 32 hex bytes"));
+                    }
+                }
                 for r in &h.rigs {
                     r.rig_id.validate("rigs.rig_id")?;
+                    if let Some(stream) = &r.stream_id {
+                        validate_stream_id("rigs.stream_id", stream)?;
+                    }
                     check_count("rigs.devices", &r.devices, MAX_DEVICES_PER_RIG)?;
                     for d in &r.devices {
                         d.device_id.validate("devices.device_id")?;
@@ -218,6 +263,16 @@ impl AgentMessage {
                     if pair[1].seq <= pair[0].seq {
                         return Err(ProtoError::invalid("samples", "seq must increase"));
                     }
+                }
+                // Seqs start at 1 (0 is "nothing yet" in acks) and fit the databases' BIGINT.
+                if t.samples.iter().any(|s| s.seq == 0 || s.seq > MAX_SEQ) {
+                    return Err(ProtoError::invalid("samples.seq", "must be 1 to 2^63-1"));
+                }
+                if t.dropped_through.is_some_and(|d| d > MAX_SEQ) {
+                    return Err(ProtoError::invalid("dropped_through", "above 2^63-1"));
+                }
+                if let Some(stream) = &t.stream_id {
+                    validate_stream_id("stream_id", stream)?;
                 }
                 t.samples.iter().try_for_each(Sample::validate)
             }

@@ -30,10 +30,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-/// The protocol version this build writes.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The oldest protocol version this build reads.
+/// The newest protocol version this build speaks (negotiated in `hello`/`challenge`). Version 2
+/// adds telemetry streams (`stream_id`, `dropped_through`, per-stream acks) and the signed server
+/// time in `welcome`; a server sends those fields only on links that negotiated 2, so agents of
+/// version 1 (whose frames deny unknown fields) keep working.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The envelope version every frame carries as `"v"`. It changes only if the envelope itself
+/// changes, never for new message fields (those are negotiated as the protocol version).
+pub const FRAME_VERSION: u32 = 1;
 
 /// Encodes an agent message as one text frame.
 pub fn encode_agent(msg: &AgentMessage) -> Result<String, ProtoError> {
@@ -70,7 +76,7 @@ fn encode<T: Serialize>(msg: &T) -> Result<String, ProtoError> {
     let Value::Object(obj) = &mut value else {
         return Err(ProtoError::Malformed("message is not an object".into()));
     };
-    obj.insert("v".into(), Value::from(PROTOCOL_VERSION));
+    obj.insert("v".into(), Value::from(FRAME_VERSION));
     let text = value.to_string();
     if text.len() > limits::MAX_FRAME_BYTES {
         return Err(ProtoError::FrameTooLarge {
@@ -98,11 +104,11 @@ fn decode<T: DeserializeOwned>(frame: &str, known_types: &[&str]) -> Result<T, P
         .remove("v")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| ProtoError::Malformed("missing or non-numeric \"v\"".into()))?;
-    if version < u64::from(MIN_PROTOCOL_VERSION) || version > u64::from(PROTOCOL_VERSION) {
+    if version != u64::from(FRAME_VERSION) {
         return Err(ProtoError::UnsupportedVersion {
             found: u32::try_from(version).unwrap_or(u32::MAX),
-            min: MIN_PROTOCOL_VERSION,
-            max: PROTOCOL_VERSION,
+            min: FRAME_VERSION,
+            max: FRAME_VERSION,
         });
     }
     match obj.get("type").and_then(Value::as_str) {

@@ -57,19 +57,31 @@ pub struct Challenge {
 pub struct Welcome {
     /// How often to send telemetry.
     pub telemetry_interval_secs: u32,
-    /// Server clock minus agent clock as measured at the handshake (ms); the agent adds it to
-    /// its clock when judging order expiry.
+    /// Server clock minus agent clock as measured at the handshake (ms), for the agent's logs.
+    /// Protocol 1 agents judged order expiry with it; it is not signed, so protocol 2 agents
+    /// use the signed `server_time_unix_ms` instead.
     pub clock_offset_ms: i64,
+    /// Protocol 2: the server's clock when it sent this frame…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time_unix_ms: Option<i64>,
+    /// …and its Ed25519 signature (hex) over
+    /// [`crate::signing::server_time_signing_bytes`] with the nonce of the agent's `hello`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_sig: Option<String>,
 }
 
-/// `ack`: every sample of `rig_id` with seq ≤ `seq` is durably committed (cumulative).
+/// `ack`: every sample of `rig_id`'s stream with seq ≤ `seq` is durably committed, or was
+/// reported dropped by the agent itself (cumulative: never a mark with a hole below it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
     /// The rig.
     pub rig_id: RigId,
-    /// Highest committed seq.
+    /// Highest seq with nothing missing at or below it.
     pub seq: u64,
+    /// Protocol 2: the stream this ack is about (the one the telemetry named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
 }
 
 /// Machine-readable error codes.
@@ -114,9 +126,20 @@ impl ServerMessage {
                         "must be 1 to 3600",
                     ));
                 }
+                if let Some(sig) = &w.time_sig {
+                    if decode_hex_array::<64>(sig).is_none() {
+                        return Err(ProtoError::invalid("time_sig", "not 64 hex bytes"));
+                    }
+                }
                 Ok(())
             }
-            ServerMessage::Ack(a) => a.rig_id.validate("rig_id"),
+            ServerMessage::Ack(a) => {
+                a.rig_id.validate("rig_id")?;
+                match &a.stream_id {
+                    Some(s) => crate::agent_to_server::validate_stream_id("stream_id", s),
+                    None => Ok(()),
+                }
+            }
             ServerMessage::SetConfig(o)
             | ServerMessage::Command(o)
             | ServerMessage::KeyRollover(o) => o.validate(),

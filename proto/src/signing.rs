@@ -15,6 +15,8 @@ use crate::limits::MAX_PAYLOAD_BYTES;
 
 /// Domain tag of the agent's handshake answer.
 pub const AUTH_DOMAIN: &[u8] = b"rigfleet/v1/agent-auth";
+/// Domain tag of the server time signed in `welcome` (protocol 2).
+pub const SERVER_TIME_DOMAIN: &[u8] = b"rigfleet/v2/server-time";
 
 /// What an order asks for; each has its own domain tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,23 @@ pub fn auth_signing_bytes(nonce: &[u8; 32], agent_id: &AgentId, server_key: &[u8
     out.extend_from_slice(nonce);
     push_field(&mut out, agent_id.0.as_bytes());
     out.extend_from_slice(server_key);
+    out
+}
+
+/// `SERVER_TIME_DOMAIN ‖ agent nonce (32) ‖ len(agent) ‖ agent ‖ server time (i64 BE)`: the
+/// agent's fresh nonce from `hello` means a signed time cannot be replayed on a later
+/// connection, so a proxy that holds an order back cannot also move the agent's idea of the
+/// server's clock.
+pub fn server_time_signing_bytes(
+    agent_nonce: &[u8; 32],
+    agent_id: &AgentId,
+    server_time_unix_ms: i64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SERVER_TIME_DOMAIN.len() + 80);
+    out.extend_from_slice(SERVER_TIME_DOMAIN);
+    out.extend_from_slice(agent_nonce);
+    push_field(&mut out, agent_id.0.as_bytes());
+    out.extend_from_slice(&server_time_unix_ms.to_be_bytes());
     out
 }
 

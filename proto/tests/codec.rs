@@ -131,9 +131,35 @@ fn telemetry_with_bad_numbers_or_unordered_seqs_is_refused() {
 
 #[test]
 fn negotiation_picks_the_highest_common_version() {
+    // Agents of protocol 1 (before telemetry streams and the signed welcome time) keep
+    // working; new agents get 2.
     assert_eq!(rigfleet_proto::negotiate(1, 1), Some(1));
-    assert_eq!(rigfleet_proto::negotiate(1, 5), Some(1));
-    assert_eq!(rigfleet_proto::negotiate(2, 3), None);
+    assert_eq!(rigfleet_proto::negotiate(1, 2), Some(2));
+    assert_eq!(rigfleet_proto::negotiate(1, 5), Some(2));
+    assert_eq!(rigfleet_proto::negotiate(3, 4), None);
+}
+
+#[test]
+fn protocol_2_fields_are_optional_and_validated() {
+    let hello = r#"{"v":1,"type":"hello","agent_id":"a","protocol_min":1,"protocol_max":2,"agent_version":"x","hostname":"h","clock_unix_ms":0,"rigs":[{"rig_id":"r","stream_id":"0123abcd"}],"nonce":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+    assert!(decode_agent(hello).is_ok());
+    assert!(decode_agent(&hello.replace("0123abcd", "bad stream!")).is_err());
+    assert!(decode_agent(&hello.replace(r#""nonce":"00"#, r#""nonce":"zz"#)).is_err());
+    let t = r#"{"v":1,"type":"telemetry","rig_id":"r","stream_id":"s1","dropped_through":4,"samples":[{"seq":5,"time_unix_ms":1,"rig":{"uptime_secs":1}}]}"#;
+    assert!(decode_agent(t).is_ok());
+    // Seq 0 means "nothing yet" in acks, and seqs must fit the databases' BIGINT.
+    assert!(decode_agent(&t.replace(r#""seq":5"#, r#""seq":0"#)).is_err());
+    assert!(decode_agent(&t.replace(r#""seq":5"#, r#""seq":9223372036854775808"#)).is_err());
+    // A protocol 1 ack has no stream, so protocol 1 agents (which deny unknown fields) read it.
+    let ack = rigfleet_proto::encode_server(&rigfleet_proto::ServerMessage::Ack(
+        rigfleet_proto::server_to_agent::Ack {
+            rig_id: "r".into(),
+            seq: 3,
+            stream_id: None,
+        },
+    ))
+    .unwrap();
+    assert!(!ack.contains("stream_id"), "{ack}");
 }
 
 /// Replays the fuzz corpus (`fuzz/corpus/decode_frames`) on stable Rust: every input must give a

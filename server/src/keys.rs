@@ -191,6 +191,21 @@ impl ServerKey {
         sha2::Sha256::digest(self.key.verifying_key().as_bytes()).into()
     }
 
+    /// Signs the server time sent in `welcome` (protocol 2), hex.
+    pub fn sign_server_time(
+        &self,
+        agent_nonce: &[u8; 32],
+        agent_id: &rigfleet_proto::AgentId,
+        server_time_unix_ms: i64,
+    ) -> String {
+        let bytes = rigfleet_proto::signing::server_time_signing_bytes(
+            agent_nonce,
+            agent_id,
+            server_time_unix_ms,
+        );
+        hex(&self.key.sign(&bytes).to_bytes())
+    }
+
     /// Signs an order over the exact bytes of PROTOCOL.md.
     pub fn sign_order(
         &self,

@@ -27,6 +27,10 @@ pub struct ServerMetrics {
     pub samples_duplicate: IntCounter,
     /// Telemetry write batches committed.
     pub write_batches: IntCounter,
+    /// Samples stored at their arrival time because the agent's clock was implausible.
+    pub samples_time_flagged: IntCounter,
+    /// Seqs agents reported dropped from their full queues.
+    pub samples_dropped_by_agents: IntCounter,
     /// Time from a batch's start to its commit.
     pub write_batch_seconds: Histogram,
     /// Time from a sample's arrival to its durable commit (what the ack waits for).
@@ -61,6 +65,14 @@ impl ServerMetrics {
         let samples_duplicate = IntCounter::new(
             "rigfleet_telemetry_samples_duplicate_total",
             "Resent telemetry samples that were already stored.",
+        )?;
+        let samples_time_flagged = IntCounter::new(
+            "rigfleet_telemetry_samples_time_flagged_total",
+            "Telemetry samples whose time was more than the skew bound off and were stored at their arrival time.",
+        )?;
+        let samples_dropped_by_agents = IntCounter::new(
+            "rigfleet_telemetry_samples_dropped_by_agents_total",
+            "Telemetry samples agents dropped unsent because their on-disk queue was full.",
         )?;
         let write_batches = IntCounter::new(
             "rigfleet_telemetry_write_batches_total",
@@ -104,6 +116,8 @@ impl ServerMetrics {
         registry.register(Box::new(samples_written.clone()))?;
         registry.register(Box::new(samples_duplicate.clone()))?;
         registry.register(Box::new(write_batches.clone()))?;
+        registry.register(Box::new(samples_time_flagged.clone()))?;
+        registry.register(Box::new(samples_dropped_by_agents.clone()))?;
         registry.register(Box::new(write_batch_seconds.clone()))?;
         registry.register(Box::new(ingest_to_durable_seconds.clone()))?;
         registry.register(Box::new(ws_frames_in.clone()))?;
@@ -117,6 +131,8 @@ impl ServerMetrics {
             samples_written,
             samples_duplicate,
             write_batches,
+            samples_time_flagged,
+            samples_dropped_by_agents,
             write_batch_seconds,
             ingest_to_durable_seconds,
             ws_frames_in,
@@ -217,7 +233,15 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
         "Device power draw.",
         MetricType::GAUGE,
     ),
+    (
+        "rigfleet_rig_clock_offset_seconds",
+        "Server clock minus the rig's clock at its last handshake (the skew its sample times are corrected by).",
+        MetricType::GAUGE,
+    ),
 ];
+
+/// Index of `rigfleet_rig_clock_offset_seconds` in [`FAMILIES`].
+const CLOCK_OFFSET_FAMILY: usize = 14;
 
 impl FleetCollector {
     fn new(live: Arc<LiveState>, rules: StatusRules) -> FleetCollector {
@@ -325,6 +349,14 @@ fn rig_metrics(rig: &RigLive, now_ms: i64, rules: &StatusRules, out: &mut [Vec<M
             ((now_ms - seen).max(0) as f64) / 1000.0,
         );
     }
+    if let Some(offset) = rig.clock_offset_ms {
+        push(
+            out,
+            CLOCK_OFFSET_FAMILY,
+            &[("rig", rig.uid.as_str())],
+            offset as f64 / 1000.0,
+        );
+    }
     let Some(s) = &rig.sample else {
         return;
     };
@@ -410,6 +442,7 @@ mod tests {
             agent_version: None,
             hostname: None,
             telemetry_interval_secs: 10,
+            clock_offset_ms: Some(-1500),
         });
         let text = m.encode().unwrap();
         assert!(
@@ -419,6 +452,10 @@ mod tests {
         assert!(text.contains("device=\"0000:01:00.0\""), "{text}");
         assert!(text.contains("name=\"shelf \\\"A\\\"\\n\""), "{text}");
         assert!(text.contains("rigfleet_device_fan_ratio"), "{text}");
+        assert!(
+            text.contains("rigfleet_rig_clock_offset_seconds{rig=\"rig-7\"} -1.5"),
+            "{text}"
+        );
         assert!(
             text.contains("rigfleet_rig_online{") && text.contains("group=\"east\""),
             "{text}"

@@ -84,6 +84,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let store = Store::open(&config.database_url())
         .await?
         .with_secrets(Arc::new(secrets));
+    let sealed = store.seal_plaintext_secrets().await?;
+    if sealed > 0 {
+        tracing::info!(
+            rows = sealed,
+            "Secrets stored in plain text by an older version are sealed now"
+        );
+    }
     let key = ServerKey::load_or_create(&config.data_dir)?;
     let previous_key = ServerKey::load_previous(&config.data_dir)?;
     if let Some(previous) = &previous_key {
@@ -110,6 +117,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             samples_duplicate: metrics.samples_duplicate.clone(),
             batches: metrics.write_batches.clone(),
             errors: metrics.errors.with_label_values(&["telemetry_write_batch"]),
+            samples_time_flagged: metrics.samples_time_flagged.clone(),
+            samples_dropped_by_agents: metrics.samples_dropped_by_agents.clone(),
         },
     );
     let hub = Arc::new(Hub::new(

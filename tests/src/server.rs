@@ -254,8 +254,10 @@ impl FakeAgent {
                     applied_config_version: None,
                     last_acked_seq: None,
                     last_order_counter: None,
+                    stream_id: None,
                 })
                 .collect(),
+            nonce: None,
         })
     }
 
@@ -369,6 +371,8 @@ pub fn telemetry(rig: &RigId, samples: Vec<Sample>) -> AgentMessage {
     AgentMessage::Telemetry(Telemetry {
         rig_id: rig.clone(),
         samples,
+        stream_id: None,
+        dropped_through: None,
     })
 }
 

@@ -304,7 +304,6 @@ impl Identity {
     }
 
     /// The pinned server key.
-    #[cfg(test)]
     pub fn server_key(&self) -> &VerifyingKey {
         &self.server_key
     }

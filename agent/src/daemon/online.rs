@@ -32,7 +32,7 @@ use super::link::connect::{error_code, LinkError};
 use super::link::orders::{
     admit, bound_text, event, payload_error, refusal_event, CounterStore, PersistedCounters,
 };
-use super::link::session::{Outbox, ACK_STALL};
+use super::link::session::{Outbox, SampleStore, ACK_STALL};
 use super::link::{Link, LinkEvent};
 use super::mining::MiningRuntime;
 use super::queue::TelemetryQueue;
@@ -71,6 +71,8 @@ pub struct Online {
     clock_offset_ms: i64,
     welcome_interval: Option<u32>,
     reported_loss: u64,
+    /// `unqueued_total` already reported.
+    reported_unqueued: u64,
     outgoing: VecDeque<AgentMessage>,
     jobs_tx: mpsc::UnboundedSender<JobDone>,
     jobs_rx: mpsc::UnboundedReceiver<JobDone>,
@@ -102,6 +104,7 @@ impl Online {
         let rig = parts.identity.rig_ids.first()?.clone();
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let reported_loss = parts.queue.loss().dropped_total;
+        let reported_unqueued = parts.queue.loss().unqueued_total;
         Some(Online {
             outbox: Outbox::new(rig.clone()),
             identity: Arc::new(parts.identity),
@@ -116,6 +119,7 @@ impl Online {
             clock_offset_ms: 0,
             welcome_interval: None,
             reported_loss,
+            reported_unqueued,
             outgoing: VecDeque::new(),
             jobs_tx,
             jobs_rx,
@@ -240,7 +244,10 @@ impl Online {
                     tracing::warn!(rig = %ack.rig_id, "Ack for a rig this agent does not send for");
                     return;
                 }
-                if let Err(error) = self.outbox.on_ack(&mut self.queue, ack.seq) {
+                if let Err(error) =
+                    self.outbox
+                        .on_ack(&mut self.queue, ack.seq, ack.stream_id.as_deref())
+                {
                     tracing::error!(%error, "Cannot record the ack in the telemetry queue");
                 }
                 self.pump().await;
@@ -269,7 +276,9 @@ impl Online {
     pub async fn sample(&mut self, mining: &MiningRuntime, sampler: &mut Sampler) {
         let sample = sampler.sample(&mining.snapshot());
         if let Err(error) = self.queue.push(sample) {
+            // Mining goes on; the loss is counted and reported like the queue's own drops.
             tracing::error!(%error, "Cannot queue a telemetry sample");
+            self.queue.record_unqueued();
         }
         self.report_loss().await;
         if self.outbox.stalled(ACK_STALL) {
@@ -319,9 +328,16 @@ impl Online {
                         applied_config_version: if primary { applied } else { None },
                         last_acked_seq: primary.then(|| self.queue.acked_seq()),
                         last_order_counter: self.counters.last(r),
+                        stream_id: if primary {
+                            SampleStore::stream_id(&self.queue)
+                        } else {
+                            None
+                        },
                     }
                 })
                 .collect(),
+            // The link's handshake puts its fresh nonce here.
+            nonce: None,
         }
     }
 
@@ -373,6 +389,19 @@ impl Online {
 
     async fn report_loss(&mut self) {
         let loss = self.queue.loss();
+        if loss.unqueued_total > self.reported_unqueued {
+            let new = loss.unqueued_total - self.reported_unqueued;
+            self.reported_unqueued = loss.unqueued_total;
+            self.event(
+                Severity::Error,
+                "telemetry_not_queued",
+                format!(
+                    "{new} telemetry samples could not be written to the on-disk queue (disk full or failing?); {} in total; mining goes on",
+                    loss.unqueued_total
+                ),
+            )
+            .await;
+        }
         if loss.dropped_total > self.reported_loss {
             let new = loss.dropped_total - self.reported_loss;
             self.reported_loss = loss.dropped_total;
@@ -419,6 +448,24 @@ impl Online {
                 return;
             }
         };
+        if let Err(reason) = check_version(&config, mining, &self.state_dir) {
+            // Never go back to an older config (issue 11, item 8): the current one keeps running.
+            tracing::warn!(version = config.version, %reason, "Config refused");
+            self.event(
+                Severity::Warning,
+                "config_refused",
+                format!("config version {} refused: {reason}", config.version),
+            )
+            .await;
+            self.applied_answer(
+                &order.rig_id,
+                config.version,
+                config.content_hash(),
+                Err(reason),
+            )
+            .await;
+            return;
+        }
         let outcome = apply_config(&config, mining, &self.state_dir).await;
         match &outcome {
             Ok(notes) => {
@@ -570,32 +617,58 @@ impl Online {
     }
 }
 
-/// Applies a verified desired config: validation, version order (an equal version with the same
-/// content is answered ok again), the runtime, then the file. On an error the previous config
-/// keeps running. Ok carries notes about clamped settings.
+/// Whether `config`'s version may be applied: `Ok(true)` when it is the version running now
+/// with the same content (answered ok again, nothing to do), `Ok(false)` when it is newer, or
+/// the saved version with the same content that the runtime is not running (a retry), and an
+/// error for a version below the applied one or the same version with other content. The
+/// reference is the higher of the running config's version and the one saved in the state
+/// folder, so a rig whose saved config could not start at boot still refuses older versions.
+pub fn check_version(
+    config: &DesiredConfig,
+    mining: &MiningRuntime,
+    state_dir: &std::path::Path,
+) -> Result<bool, String> {
+    let running = mining
+        .applied()
+        .map(|c| (c.version, Some(c.content_hash())));
+    let saved = desired::saved_reference(state_dir);
+    let reference = match (running.clone(), saved) {
+        (Some(r), Some(s)) if s.0 > r.0 => Some(s),
+        (Some(r), _) => Some(r),
+        (None, s) => s,
+    };
+    let Some((version, hash)) = reference else {
+        return Ok(false);
+    };
+    if config.version < version {
+        return Err(format!(
+            "version {} is below the applied version {version}",
+            config.version
+        ));
+    }
+    if config.version == version {
+        if hash.as_deref() != Some(config.content_hash().as_str()) {
+            return Err(format!(
+                "version {} is already applied with other content",
+                config.version
+            ));
+        }
+        return Ok(running.is_some_and(|r| r.0 == version));
+    }
+    Ok(false)
+}
+
+/// Applies a verified desired config: validation, version order ([`check_version`]: an equal
+/// version with the same content is answered ok again), the runtime, then the file. On an
+/// error the previous config keeps running. Ok carries notes about clamped settings.
 pub async fn apply_config(
     config: &DesiredConfig,
     mining: &mut MiningRuntime,
     state_dir: &std::path::Path,
 ) -> Result<Vec<String>, String> {
     config.validate().map_err(|e| e.to_string())?;
-    if let Some(applied) = mining.applied() {
-        if config.version < applied.version {
-            return Err(format!(
-                "version {} is below the applied version {}",
-                config.version, applied.version
-            ));
-        }
-        if config.version == applied.version {
-            return if config.content_hash() == applied.content_hash() {
-                Ok(Vec::new())
-            } else {
-                Err(format!(
-                    "version {} is already applied with other content",
-                    config.version
-                ))
-            };
-        }
+    if check_version(config, mining, state_dir)? {
+        return Ok(Vec::new());
     }
     let outcome = mining.apply(config).await.map_err(|e| e.to_string())?;
     if let Err(error) = desired::save(state_dir, config) {

@@ -4,8 +4,8 @@
 //! it can never go backwards across restarts.
 //!
 //! # Layout
-//! A folder of append-only segment files `<first seq, 20 digits>.seg` plus `queue.json` (acked
-//! seq, next seq, loss counters; replaced atomically). A segment holds up to
+//! A folder of append-only segment files `<first seq, 20 digits>.seg` plus `queue.json` (stream
+//! id, acked seq, next seq, loss counters; replaced atomically). A segment holds up to
 //! [`QueueOptions::segment_records`] records; a segment whose records are all acknowledged or
 //! dropped is deleted, so disk use follows the unacknowledged samples.
 //!
@@ -14,6 +14,13 @@
 //! is short, too long, fails its CRC or does not increase the seq ends that segment, and the file
 //! is truncated there. That is what a crash mid-append leaves (a torn last record, or garbage),
 //! and earlier records are untouched.
+//!
+//! # Streams
+//! A queue's seqs are only meaningful with its stream id, made when the queue is created: a
+//! queue that is lost or reset (disk replaced, state folder wiped, damaged state moved aside)
+//! starts a new stream, whose seqs start again at 1, and the server keeps a separate
+//! acknowledgement mark for it instead of taking the new seqs for resent old ones. A queue made
+//! before streams existed keeps the empty id, which the server knows as the rig's legacy stream.
 //!
 //! # Durability
 //! Records go straight to the file with one `write` (no user-space buffer), so a killed process
@@ -122,12 +129,19 @@ pub struct Loss {
     pub dropped_total: u64,
     /// Highest seq dropped (0: none); every unacknowledged seq up to it is gone.
     pub dropped_through_seq: u64,
+    /// Samples that never got into the queue because writing them failed (disk full, I/O
+    /// error); they have no seq.
+    #[serde(default)]
+    pub unqueued_total: u64,
 }
 
 /// `queue.json`.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Meta {
+    /// The stream the seqs belong to (empty: a queue made before streams).
+    #[serde(default)]
+    stream_id: String,
     /// Lower bound for the next seq (the records themselves may raise it).
     next_seq: u64,
     /// Highest seq the server acknowledged (0: none).
@@ -190,7 +204,9 @@ impl TelemetryQueue {
             IdentityError::Io { path, source } => QueueError::Io { path, source },
             other => io_err(dir, std::io::Error::other(other.to_string())),
         })?;
-        let meta = read_meta(&dir.join(META_FILE))?;
+        let meta_path = dir.join(META_FILE);
+        let fresh = !meta_path.exists();
+        let mut meta = read_meta(&meta_path)?;
 
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|source| io_err(dir, source))?;
@@ -222,6 +238,14 @@ impl TelemetryQueue {
             }
         }
 
+        if fresh {
+            meta.stream_id = new_stream_id();
+            // Records without their state (it was lost): a new stream that starts at the first
+            // record kept, so the server does not wait for the seqs before it.
+            if let Some(first) = segments.front().and_then(|s| s.records.first()) {
+                meta.loss.dropped_through_seq = first.seq.saturating_sub(1);
+            }
+        }
         let next_seq = meta
             .next_seq
             .max(last_seq + 1)
@@ -240,8 +264,9 @@ impl TelemetryQueue {
                 queue.active = Some(open_append(&last.path)?);
             }
         }
-        // The capacity may have shrunk since the last run.
-        if queue.enforce_capacity() {
+        // The capacity may have shrunk since the last run; a new stream's id must be on disk
+        // before any of its seqs is sent.
+        if queue.enforce_capacity() || fresh {
             queue.save_meta()?;
         }
         queue.remove_consumed_segments()?;
@@ -252,6 +277,21 @@ impl TelemetryQueue {
     #[allow(dead_code)] // Part of the queue's API; the link reads acked_seq and pending_after.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The stream id (empty for a queue made before streams).
+    pub fn stream_id(&self) -> &str {
+        &self.meta.stream_id
+    }
+
+    /// Counts a sample that could not be queued (its write failed), so the loss is reported.
+    /// The count is saved when the state file can be written (on a full disk it may not be;
+    /// it is then carried in memory until the next save).
+    pub fn record_unqueued(&mut self) {
+        self.meta.loss.unqueued_total += 1;
+        if let Err(error) = self.save_meta() {
+            tracing::debug!(%error, "Cannot save the telemetry queue state");
+        }
     }
 
     /// Highest seq the server acknowledged (0: none).
@@ -488,6 +528,21 @@ impl TelemetryQueue {
         let path = self.dir.join(META_FILE);
         write_atomic(&path, &json, 0o600).map_err(|source| io_err(&path, source))
     }
+}
+
+/// A new stream id: 16 random bytes as hex. Stream ids are not secrets, only unique: if the
+/// random source fails, the time and process id stand in.
+pub fn new_stream_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes[..12].copy_from_slice(&nanos.to_be_bytes()[4..]);
+        bytes[12..].copy_from_slice(&std::process::id().to_be_bytes());
+    }
+    rigfleet_engine::hex::encode(&bytes)
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> QueueError {
@@ -779,7 +834,8 @@ mod tests {
             q.loss(),
             Loss {
                 dropped_total: 3,
-                dropped_through_seq: 3
+                dropped_through_seq: 3,
+                unqueued_total: 0,
             }
         );
         // Disk use follows: segment 1..2 is gone.
@@ -796,7 +852,8 @@ mod tests {
             q.loss(),
             Loss {
                 dropped_total: 5,
-                dropped_through_seq: 8
+                dropped_through_seq: 8,
+                unqueued_total: 0,
             }
         );
     }

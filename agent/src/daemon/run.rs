@@ -371,7 +371,7 @@ fn start_online(
             return None;
         }
     };
-    let queue = match TelemetryQueue::open(&config.state_dir.join(QUEUE_DIR), options.queue) {
+    let queue = match open_queue(&config.state_dir.join(QUEUE_DIR), options.queue) {
         Ok(q) => q,
         Err(e) => {
             offline("Cannot open the telemetry queue", &e);
@@ -499,6 +499,31 @@ fn log_status(snap: &MiningSnapshot, online: Option<&Online>) {
         %pool,
         "Mining"
     );
+}
+
+/// Opens the telemetry queue; a queue whose state file is damaged is moved aside (kept for a
+/// look) and a new one, with a new stream, takes its place, so the rig keeps reporting.
+fn open_queue(
+    dir: &std::path::Path,
+    options: super::queue::QueueOptions,
+) -> Result<TelemetryQueue, super::queue::QueueError> {
+    match TelemetryQueue::open(dir, options) {
+        Err(super::queue::QueueError::CorruptState { path, reason }) => {
+            let aside = dir.with_extension(format!("corrupt-{}", super::link::now_unix_ms()));
+            tracing::error!(
+                state = %path.display(),
+                %reason,
+                moved_to = %aside.display(),
+                "The telemetry queue's state is damaged; moving it aside and starting a new stream"
+            );
+            std::fs::rename(dir, &aside).map_err(|source| super::queue::QueueError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            TelemetryQueue::open(dir, options)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

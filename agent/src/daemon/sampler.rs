@@ -437,7 +437,9 @@ mod tests {
                 applied_config_version: None,
                 last_acked_seq: None,
                 last_order_counter: None,
+                stream_id: None,
             }],
+            nonce: None,
         });
         assert!(hello.validate().is_ok(), "{:?}", hello.validate());
     }

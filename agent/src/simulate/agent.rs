@@ -212,7 +212,9 @@ impl SimAgent {
                     &self.store,
                 )),
                 last_order_counter: self.counters.0.get(&self.rig).copied(),
+                stream_id: crate::daemon::link::session::SampleStore::stream_id(&self.store),
             }],
+            nonce: None,
         }
     }
 
@@ -241,7 +243,9 @@ impl SimAgent {
         match msg {
             ServerMessage::Ack(ack) if ack.rig_id == self.rig => {
                 let before = crate::daemon::link::session::SampleStore::acked_seq(&self.store);
-                let _ = self.outbox.on_ack(&mut self.store, ack.seq);
+                let _ = self
+                    .outbox
+                    .on_ack(&mut self.store, ack.seq, ack.stream_id.as_deref());
                 let after = crate::daemon::link::session::SampleStore::acked_seq(&self.store);
                 self.stats
                     .samples_acked

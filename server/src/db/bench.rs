@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::packed::{encode_rollup, RollupDevice};
 use super::rigs::tests::one_rig;
 use super::rollup::{HOUR_MS, MINUTE_MS};
-use super::telemetry::tests::sample;
-use super::telemetry::RigSamples;
+use super::telemetry::tests::{legacy_stream, plain, sample};
+use super::telemetry::StreamSamples;
 use super::test_db::test_backends;
 use super::{dispatch, Store};
 
@@ -133,14 +133,15 @@ async fn steady_state_size_per_rig() {
                     .collect()
             })
             .collect();
+        let mut streams = Vec::new();
+        for &rig in &rigs {
+            streams.push(legacy_stream(s, rig).await);
+        }
         for chunk in samples.chunks(10) {
-            let batch: Vec<RigSamples<'_>> = rigs
+            let batch: Vec<StreamSamples<'_>> = rigs
                 .iter()
                 .enumerate()
-                .map(|(r, &rig_id)| RigSamples {
-                    rig_id,
-                    samples: chunk.iter().map(|per_rig| &per_rig[r]).collect(),
-                })
+                .map(|(r, &rig_id)| plain(rig_id, streams[r], chunk.iter().map(|per_rig| &per_rig[r])))
                 .collect();
             s.write_samples(&batch, &mut slots, 0).await.unwrap();
         }
@@ -175,19 +176,21 @@ async fn ingest_batch_speed() {
         for &rig in &rigs {
             slots.insert(rig, s.device_slots(rig).await.unwrap());
         }
+        let mut streams = Vec::new();
+        for &rig in &rigs {
+            streams.push(legacy_stream(s, rig).await);
+        }
         let mut times = Vec::new();
         for round in 0..20u64 {
             let samples: Vec<_> = rigs
                 .iter()
                 .map(|_| sample(round + 1, T0 + round as i64 * 10_000, 8, round * 3))
                 .collect();
-            let batch: Vec<RigSamples<'_>> = rigs
+            let batch: Vec<StreamSamples<'_>> = rigs
                 .iter()
+                .zip(&streams)
                 .zip(&samples)
-                .map(|(&rig_id, x)| RigSamples {
-                    rig_id,
-                    samples: vec![x],
-                })
+                .map(|((&rig_id, &stream), x)| plain(rig_id, stream, [x]))
                 .collect();
             let t = Instant::now();
             let out = s.write_samples(&batch, &mut slots, 0).await.unwrap();

@@ -6,8 +6,15 @@
 //! recomputed minute marks its hour in `rollup_pending_hour`, and hours are rebuilt from their
 //! minutes. A bucket's share counts are deltas of the cumulative counters, starting from the
 //! last sample before the bucket; a counter that went down (agent restart, new config) counts
-//! from zero. A sample later than the raw retention lands in a minute whose raw rows are gone:
-//! it is merged into the stored bucket (weighted) instead of replacing it.
+//! from zero. Samples of one rig are ordered by (time, stream, seq), so any arrival order of the
+//! same samples gives the same rollups, equal to a recomputation from raw.
+//!
+//! Retention removes raw rows by whole minutes and never those of a minute still pending, marks
+//! the buckets whose raw rows it removed (`raw_pruned`), and keeps the newest removed sample per
+//! rig (`telemetry_pruned`) as the baseline of the first delta after it. A sample that arrives
+//! for a bucket whose raw rows are gone is merged into the bucket (weighted) instead of
+//! replacing it; its share counts are taken as already counted, since the delta of the sample
+//! after it spans it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -16,6 +23,10 @@ use super::row::RowExt;
 use super::{dispatch, Store, StoreError, WriteBegin};
 
 pub(crate) const MINUTE_MS: i64 = 60_000;
+/// Raw rows of a minute still waiting for its rollup are kept by retention (the minute of
+/// `ts_ms`, floored also for times before 1970).
+const NOT_PENDING: &str = "NOT EXISTS (SELECT 1 FROM rollup_pending p WHERE p.rig_id = telemetry_raw.rig_id
+     AND p.minute_ms = telemetry_raw.ts_ms - ((telemetry_raw.ts_ms % 60000 + 60000) % 60000))";
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 /// A minute is rolled up this long after it ended, so samples in flight land first.
 pub const ROLLUP_GRACE_MS: i64 = 30_000;
@@ -245,8 +256,9 @@ pub async fn run_rollups(store: &Store, now_ms: i64) -> Result<RollupStats, Stor
     Ok(stats)
 }
 
-/// Deletes what is older than the retention of each resolution, rig by rig (each delete is a
-/// range of the primary key). Raw rows go by whole minutes.
+/// Deletes what is older than the retention of each resolution, rig by rig. Raw rows go by
+/// whole minutes, never those of a minute waiting for its rollup; the buckets they leave are
+/// marked `raw_pruned`, and the newest removed sample is kept as the rig's baseline.
 pub async fn prune(
     store: &Store,
     now_ms: i64,
@@ -260,8 +272,35 @@ pub async fn prune(
     let raw_cutoff = (now_ms - retention.raw_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
     for rig in rigs {
         dispatch!(store, p => {
-            stats.raw += sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2")
-                .bind(rig).bind(raw_cutoff).execute(p).await?.rows_affected();
+            let mut tx = p.begin_with(p.write_begin()).await?;
+            let newest: Option<(i64, Vec<u8>)> = sqlx::query(&format!(
+                "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 AND {NOT_PENDING}
+                 ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1"))
+                .bind(rig).bind(raw_cutoff).fetch_optional(&mut *tx).await?
+                .map(|r| Ok::<_, StoreError>((r.i64("ts_ms")?, r.bytes("data")?))).transpose()?;
+            let removed = sqlx::query(&format!(
+                "DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 AND {NOT_PENDING}"))
+                .bind(rig).bind(raw_cutoff).execute(&mut *tx).await?.rows_affected();
+            if removed > 0 {
+                sqlx::query(
+                    "UPDATE telemetry_1m SET raw_pruned = TRUE WHERE rig_id = $1 AND ts_ms < $2 AND NOT raw_pruned
+                     AND NOT EXISTS (SELECT 1 FROM rollup_pending p WHERE p.rig_id = telemetry_1m.rig_id AND p.minute_ms = telemetry_1m.ts_ms)")
+                    .bind(rig).bind(raw_cutoff).execute(&mut *tx).await?;
+            }
+            if let Some((ts, data)) = newest {
+                sqlx::query(
+                    "INSERT INTO telemetry_pruned (rig_id, pruned_before_ms, base_ts_ms, base_data) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (rig_id) DO UPDATE SET
+                       pruned_before_ms = CASE WHEN telemetry_pruned.pruned_before_ms < excluded.pruned_before_ms
+                                               THEN excluded.pruned_before_ms ELSE telemetry_pruned.pruned_before_ms END,
+                       base_ts_ms = CASE WHEN telemetry_pruned.base_ts_ms IS NULL OR telemetry_pruned.base_ts_ms < excluded.base_ts_ms
+                                         THEN excluded.base_ts_ms ELSE telemetry_pruned.base_ts_ms END,
+                       base_data = CASE WHEN telemetry_pruned.base_ts_ms IS NULL OR telemetry_pruned.base_ts_ms < excluded.base_ts_ms
+                                        THEN excluded.base_data ELSE telemetry_pruned.base_data END")
+                    .bind(rig).bind(raw_cutoff).bind(ts).bind(data).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            stats.raw += removed;
             stats.minute += sqlx::query("DELETE FROM telemetry_1m WHERE rig_id = $1 AND ts_ms < $2")
                 .bind(rig).bind(now_ms - retention.minute_ms).execute(p).await?.rows_affected();
             stats.hour += sqlx::query("DELETE FROM telemetry_1h WHERE rig_id = $1 AND ts_ms < $2")
@@ -305,41 +344,61 @@ impl Store {
                 }
             }
             for (rig, minute) in &todo {
-                let base: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC LIMIT 1")
-                    .bind(rig).bind(minute).fetch_optional(&mut *tx).await?;
                 let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms")
+                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3
+                     ORDER BY ts_ms, stream_id, seq")
                     .bind(rig).bind(minute).bind(minute + MINUTE_MS).fetch_all(&mut *tx).await?;
                 if blobs.is_empty() {
-                    // Raw already pruned: keep the bucket computed while it existed.
+                    // Nothing left to recompute from (the rig's rows went with it): keep the bucket.
                     continue;
                 }
-                let base = base.map(|b| decode_raw(&b)).transpose().map_err(corrupt)?;
                 let recs = blobs.iter().map(|b| decode_raw(b)).collect::<Result<Vec<_>, _>>().map_err(corrupt)?;
-                let mut devices = aggregate_raw(base.as_ref(), &recs);
-                let mut samples = i64::try_from(recs.len()).unwrap_or(i64::MAX);
-                let existing = sqlx::query("SELECT samples, data FROM telemetry_1m WHERE rig_id = $1 AND ts_ms = $2")
+                let existing = sqlx::query("SELECT samples, data, raw_pruned FROM telemetry_1m WHERE rig_id = $1 AND ts_ms = $2")
                     .bind(rig).bind(minute).fetch_optional(&mut *tx).await?;
-                if let Some(row) = existing {
-                    let had = row.i64("samples")?;
-                    // Fewer raw rows than the bucket counted: retention already removed this
-                    // minute's raw rows (prune cuts at minute boundaries), so what is left arrived
-                    // later than the raw retention. Merge it into the bucket instead of replacing
-                    // the bucket, and drop those rows so they are never merged twice.
-                    if had > samples {
-                        let old = decode_rollup(&row.bytes("data")?).map_err(corrupt)?;
-                        devices = merge_buckets(&[old, devices]);
-                        samples = samples.saturating_add(had);
-                        sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3")
-                            .bind(rig).bind(minute).bind(minute + MINUTE_MS).execute(&mut *tx).await?;
+                let pruned_bucket = match &existing {
+                    Some(row) if row.flag("raw_pruned")? => Some((row.i64("samples")?, decode_rollup(&row.bytes("data")?).map_err(corrupt)?)),
+                    _ => None,
+                };
+                let (devices, samples, raw_pruned) = if let Some((had, old)) = pruned_bucket {
+                    // Retention removed this minute's raw rows: what is here arrived later. Merge
+                    // it into the bucket, and drop those rows so they are never merged twice.
+                    let mut late = aggregate_raw(None, &recs);
+                    for d in &mut late {
+                        d.accepted = 0;
+                        d.rejected = 0;
+                        d.stale = 0;
+                        d.hardware_errors = 0;
                     }
-                }
+                    sqlx::query("DELETE FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms < $3")
+                        .bind(rig).bind(minute).bind(minute + MINUTE_MS).execute(&mut *tx).await?;
+                    let n = i64::try_from(recs.len()).unwrap_or(i64::MAX);
+                    (merge_buckets(&[old, late]), had.saturating_add(n), true)
+                } else {
+                    let base: Option<(i64, Vec<u8>)> = sqlx::query(
+                        "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2
+                         ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1")
+                        .bind(rig).bind(minute).fetch_optional(&mut *tx).await?
+                        .map(|r| Ok::<_, StoreError>((r.i64("ts_ms")?, r.bytes("data")?))).transpose()?;
+                    // The newest sample retention removed is the baseline when no newer raw row
+                    // precedes the minute.
+                    let kept: Option<(i64, Vec<u8>)> = sqlx::query(
+                        "SELECT base_ts_ms, base_data FROM telemetry_pruned WHERE rig_id = $1 AND base_ts_ms < $2")
+                        .bind(rig).bind(minute).fetch_optional(&mut *tx).await?
+                        .map(|r| Ok::<_, StoreError>((r.i64("base_ts_ms")?, r.bytes("base_data")?))).transpose()?;
+                    let base = match (base, kept) {
+                        (Some(b), Some(k)) => Some(if k.0 > b.0 { k } else { b }),
+                        (b, k) => b.or(k),
+                    };
+                    let base = base.map(|(_, b)| decode_raw(&b)).transpose().map_err(corrupt)?;
+                    let n = i64::try_from(recs.len()).unwrap_or(i64::MAX);
+                    (aggregate_raw(base.as_ref(), &recs), n, false)
+                };
                 sqlx::query(
-                    "INSERT INTO telemetry_1m (rig_id, ts_ms, samples, data) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (rig_id, ts_ms) DO UPDATE SET samples = excluded.samples, data = excluded.data",
+                    "INSERT INTO telemetry_1m (rig_id, ts_ms, samples, data, raw_pruned) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (rig_id, ts_ms) DO UPDATE SET samples = excluded.samples, data = excluded.data,
+                       raw_pruned = excluded.raw_pruned",
                 )
-                .bind(rig).bind(minute).bind(samples).bind(encode_rollup(&devices))
+                .bind(rig).bind(minute).bind(samples).bind(encode_rollup(&devices)).bind(raw_pruned)
                 .execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO rollup_pending_hour (rig_id, hour_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .bind(rig).bind(minute.div_euclid(HOUR_MS) * HOUR_MS).execute(&mut *tx).await?;

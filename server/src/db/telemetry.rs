@@ -26,24 +26,64 @@ const INSERT_CHUNK: usize = 1000;
 /// A rig's device ids mapped to their slots.
 pub type SlotMap = HashMap<String, u16>;
 
-/// New samples of one rig for [`Store::write_samples`]: deduplicated, seq increasing.
+/// A sample to store, with its time on the server's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct TimedSample<'a> {
+    pub sample: &'a Sample,
+    /// The sample's time on the server's clock (agent time + handshake offset, or the receive
+    /// time when that is more than the skew bound off).
+    pub ts_ms: i64,
+    /// When the server received it.
+    pub recv_ms: i64,
+    /// `ts_ms` is the receive time because the agent's time was implausible.
+    pub time_flagged: bool,
+}
+
+/// New samples of one telemetry stream for [`Store::write_samples`], and the stream's mark once
+/// they are committed (computed by the writer, which knows which seqs are stored).
 #[derive(Debug)]
-pub struct RigSamples<'a> {
+pub struct StreamSamples<'a> {
     pub rig_id: i64,
-    pub samples: Vec<&'a Sample>,
+    /// `telemetry_streams.id`.
+    pub stream_id: i64,
+    pub samples: Vec<TimedSample<'a>>,
+    /// Every seq at or below it is stored or dropped once this transaction commits.
+    pub committed_seq: u64,
+    /// Seqs the agent reported dropped that the mark moves past in this transaction.
+    pub dropped: u64,
+}
+
+/// A rig's telemetry stream as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRow {
+    pub id: i64,
+    pub rig_id: i64,
+    pub stream_uid: String,
+    pub committed_seq: u64,
+    pub dropped: u64,
+    pub created_at_ms: i64,
 }
 
 /// What one [`Store::write_samples`] transaction committed.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
-    /// Raw rows inserted (a sample whose (rig, time) was already stored is not).
+    /// Raw rows inserted (a seq already stored in its stream is not).
     pub inserted: u64,
-    /// Each written rig's durable high-water mark after the commit.
-    pub last_seq: HashMap<i64, u64>,
 }
 
 pub(crate) fn minute_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+fn stream_row<R: RowExt>(r: &R) -> Result<StreamRow, StoreError> {
+    Ok(StreamRow {
+        id: r.i64("id")?,
+        rig_id: r.i64("rig_id")?,
+        stream_uid: r.text("stream_uid")?,
+        committed_seq: to_u64(r.i64("committed_seq")?, "committed_seq")?,
+        dropped: to_u64(r.i64("dropped")?, "dropped")?,
+        created_at_ms: r.i64("created_at_ms")?,
+    })
 }
 
 fn corrupt(e: super::packed::PackError) -> StoreError {
@@ -238,70 +278,159 @@ impl Store {
             .collect())
     }
 
-    /// The rig's durable high-water mark: `None` when the rig does not exist, `Some(None)`
-    /// when it has no sample yet.
-    pub async fn rig_last_seq(&self, rig_id: i64) -> Result<Option<Option<u64>>, StoreError> {
-        let row: Option<Option<i64>> = dispatch!(self, p => sqlx::query_scalar("SELECT last_seq FROM rigs WHERE id = $1")
+    /// The rig's telemetry stream `stream_uid`, created (mark 0) when the rig has none by that
+    /// id: `Ok(None)` when the rig does not exist; the flag says whether it was created now.
+    pub async fn telemetry_stream(
+        &self,
+        rig_id: i64,
+        stream_uid: &str,
+        now_ms: i64,
+    ) -> Result<Option<(StreamRow, bool)>, StoreError> {
+        const SELECT: &str = "SELECT id, rig_id, stream_uid, committed_seq, dropped, created_at_ms
+                              FROM telemetry_streams WHERE rig_id = $1 AND stream_uid = $2";
+        let found = dispatch!(self, p => {
+            let row = sqlx::query(SELECT).bind(rig_id).bind(stream_uid).fetch_optional(p).await?;
+            row.map(|r| stream_row(&r)).transpose()?
+        });
+        if let Some(row) = found {
+            return Ok(Some((row, false)));
+        }
+        let exists: Option<i64> = dispatch!(self, p => sqlx::query_scalar("SELECT id FROM rigs WHERE id = $1")
             .bind(rig_id).fetch_optional(p).await?);
-        row.map(|v| v.map(|v| to_u64(v, "last_seq")).transpose())
-            .transpose()
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let inserted = dispatch!(self, p => sqlx::query(
+            "INSERT INTO telemetry_streams (rig_id, stream_uid, committed_seq, dropped, created_at_ms)
+             VALUES ($1, $2, 0, 0, $3) ON CONFLICT (rig_id, stream_uid) DO NOTHING")
+            .bind(rig_id).bind(stream_uid).bind(now_ms).execute(p).await.map(|r| r.rows_affected()));
+        let created = match inserted {
+            Ok(n) => n > 0,
+            // The rig was removed between the two statements.
+            Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => return Ok(None),
+            Err(e) => return Err(StoreError::Database(e)),
+        };
+        let row = dispatch!(self, p => {
+            let row = sqlx::query(SELECT).bind(rig_id).bind(stream_uid).fetch_optional(p).await?;
+            row.map(|r| stream_row(&r)).transpose()?
+        });
+        Ok(row.map(|r| (r, created)))
     }
 
-    /// Writes samples of several rigs in ONE transaction: devices not in `slots` get a slot,
-    /// raw rows are inserted in multi-row statements, touched minutes are marked for the rollup
-    /// job, and each rig's `last_seq`/`last_seen_ms` move forward. `slots` learns the new
-    /// devices only once the transaction committed.
+    /// A rig's telemetry streams, oldest first.
+    pub async fn telemetry_streams(&self, rig_id: i64) -> Result<Vec<StreamRow>, StoreError> {
+        dispatch!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id, rig_id, stream_uid, committed_seq, dropped, created_at_ms
+                 FROM telemetry_streams WHERE rig_id = $1 ORDER BY id")
+                .bind(rig_id).fetch_all(p).await?;
+            rows.iter().map(stream_row).collect()
+        })
+    }
+
+    /// Seqs of a stream stored above `mark` (out of order, behind a hole), ascending.
+    pub async fn stream_seqs_above(
+        &self,
+        rig_id: i64,
+        stream_id: i64,
+        mark: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mark = to_i64(mark, "seq")?;
+        let seqs: Vec<i64> = dispatch!(self, p => sqlx::query_scalar(
+            "SELECT seq FROM telemetry_raw WHERE rig_id = $1 AND stream_id = $2 AND seq > $3 ORDER BY seq")
+            .bind(rig_id).bind(stream_id).bind(mark).fetch_all(p).await?);
+        seqs.into_iter().map(|v| to_u64(v, "seq")).collect()
+    }
+
+    /// Every stored (stream, seq) of a rig, ordered (tests and the fault harness compare what
+    /// agents sent with what is stored).
+    pub async fn stored_seqs(&self, rig_id: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = dispatch!(self, p => {
+            let rows = sqlx::query(
+                "SELECT s.stream_uid, r.seq FROM telemetry_raw r JOIN telemetry_streams s ON s.id = r.stream_id
+                 WHERE r.rig_id = $1 ORDER BY s.id, r.seq")
+                .bind(rig_id).fetch_all(p).await?;
+            rows.iter().map(|r| Ok((r.text("stream_uid")?, to_u64(r.i64("seq")?, "seq")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Writes samples of several streams in ONE transaction: devices not in `slots` get a
+    /// slot, raw rows are inserted in multi-row statements (a seq already stored in its stream
+    /// is skipped), touched minutes are marked for the rollup job, each stream's mark moves to
+    /// the writer's figure (never backwards) and each rig's `last_seq`/`last_seen_ms` follow.
+    /// `slots` learns the new devices only once the transaction committed.
     pub async fn write_samples(
         &self,
-        rigs: &[RigSamples<'_>],
+        streams: &[StreamSamples<'_>],
         slots: &mut HashMap<i64, SlotMap>,
         now_ms: i64,
     ) -> Result<WriteOutcome, StoreError> {
+        type Row = (i64, i64, i64, i64, i64, i64, i16, Vec<u8>);
         let mut outcome = WriteOutcome::default();
         let mut learned: Vec<(i64, String, u16)> = Vec::new();
         dispatch!(self, p => {
             let mut tx = p.begin_with(p.write_begin()).await?;
-            let mut rows: Vec<(i64, i64, i64, Vec<u8>)> = Vec::new();
+            let mut rows: Vec<Row> = Vec::new();
             let mut minutes: BTreeSet<(i64, i64)> = BTreeSet::new();
-            let mut marks: Vec<(i64, i64)> = Vec::new();
-            for rs in rigs {
-                let Some(max_seq) = rs.samples.iter().map(|s| s.seq).max() else { continue };
-                let known = slots.get(&rs.rig_id);
-                let mut fresh = SlotMap::new();
-                for s in &rs.samples {
-                    for d in &s.devices {
+            let mut marks: Vec<(i64, i64, i64, i64)> = Vec::new();
+            let mut fresh_by_rig: HashMap<i64, SlotMap> = HashMap::new();
+            for st in streams {
+                let known = slots.get(&st.rig_id);
+                for t in &st.samples {
+                    for d in &t.sample.devices {
                         let id = d.device_id.as_str();
+                        let fresh = fresh_by_rig.entry(st.rig_id).or_default();
                         if known.is_some_and(|k| k.contains_key(id)) || fresh.contains_key(id) {
                             continue;
                         }
                         if fresh.is_empty() {
-                            sqlx::query(LOCK_RIG_SQL).bind(rs.rig_id).execute(&mut *tx).await?;
+                            sqlx::query(LOCK_RIG_SQL).bind(st.rig_id).execute(&mut *tx).await?;
                         }
                         let slot: i16 = sqlx::query_scalar(UPSERT_DEVICE_SQL)
-                            .bind(rs.rig_id).bind(id).bind("").bind("").bind("").bind(now_ms)
+                            .bind(st.rig_id).bind(id).bind("").bind("").bind("").bind(now_ms)
                             .fetch_one(&mut *tx).await?;
                         fresh.insert(id.to_string(), slot_of(slot)?);
                     }
                 }
-                for s in &rs.samples {
-                    let rec = to_record(s, |id| known.and_then(|k| k.get(id)).or_else(|| fresh.get(id)).copied())?;
-                    rows.push((rs.rig_id, s.time_unix_ms, to_i64(s.seq, "seq")?, encode_raw(&rec).map_err(corrupt)?));
-                    minutes.insert((rs.rig_id, minute_of(s.time_unix_ms)));
+                let fresh = fresh_by_rig.get(&st.rig_id);
+                for t in &st.samples {
+                    let rec = to_record(t.sample, |id| {
+                        known.and_then(|k| k.get(id)).or_else(|| fresh.and_then(|f| f.get(id))).copied()
+                    })?;
+                    rows.push((
+                        st.rig_id,
+                        st.stream_id,
+                        to_i64(t.sample.seq, "seq")?,
+                        t.ts_ms,
+                        t.sample.time_unix_ms,
+                        t.recv_ms,
+                        i16::from(t.time_flagged),
+                        encode_raw(&rec).map_err(corrupt)?,
+                    ));
+                    minutes.insert((st.rig_id, minute_of(t.ts_ms)));
                 }
-                marks.push((rs.rig_id, to_i64(max_seq, "seq")?));
-                learned.extend(fresh.into_iter().map(|(id, slot)| (rs.rig_id, id, slot)));
+                marks.push((st.stream_id, st.rig_id, to_i64(st.committed_seq, "seq")?, to_i64(st.dropped, "dropped")?));
+            }
+            for (rig, fresh) in fresh_by_rig {
+                learned.extend(fresh.into_iter().map(|(id, slot)| (rig, id, slot)));
             }
             for chunk in rows.chunks(INSERT_CHUNK) {
                 let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+                    .map(|i| {
+                        let b = 8 * i;
+                        format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8)
+                    })
                     .collect();
                 let sql = format!(
-                    "INSERT INTO telemetry_raw (rig_id, ts_ms, seq, data) VALUES {} ON CONFLICT (rig_id, ts_ms) DO NOTHING",
+                    "INSERT INTO telemetry_raw (rig_id, stream_id, seq, ts_ms, agent_ts_ms, recv_ms, time_flag, data)
+                     VALUES {} ON CONFLICT (rig_id, stream_id, seq) DO NOTHING",
                     values.join(", ")
                 );
                 let mut q = sqlx::query(&sql);
-                for (rig, ts, seq, blob) in chunk {
-                    q = q.bind(*rig).bind(*ts).bind(*seq).bind(blob.as_slice());
+                for (rig, stream, seq, ts, agent_ts, recv, flag, blob) in chunk {
+                    q = q.bind(*rig).bind(*stream).bind(*seq).bind(*ts).bind(*agent_ts).bind(*recv).bind(*flag).bind(blob.as_slice());
                 }
                 outcome.inserted += q.persistent(false).execute(&mut *tx).await?.rows_affected();
             }
@@ -320,29 +449,36 @@ impl Store {
                 }
                 q.persistent(false).execute(&mut *tx).await?;
             }
-            // VALUES columns are called column1, column2… on both databases. Rig order keeps
-            // row-lock order stable between concurrent writers.
+            // Stream order keeps row-lock order stable between concurrent writers.
             marks.sort_unstable();
-            for chunk in marks.chunks(INSERT_CHUNK) {
+            for (stream, _, mark, dropped) in &marks {
+                sqlx::query(
+                    "UPDATE telemetry_streams SET
+                       committed_seq = CASE WHEN committed_seq < $2 THEN $2 ELSE committed_seq END,
+                       dropped = dropped + $3
+                     WHERE id = $1")
+                    .bind(*stream).bind(*mark).bind(*dropped).execute(&mut *tx).await?;
+            }
+            let mut rigs: Vec<(i64, i64)> = marks.iter().map(|(_, rig, mark, _)| (*rig, *mark)).collect();
+            // One row per rig; of several streams in one flush, the highest mark is shown.
+            rigs.sort_unstable_by_key(|&(rig, mark)| (rig, std::cmp::Reverse(mark)));
+            rigs.dedup_by_key(|(rig, _)| *rig);
+            for chunk in rigs.chunks(INSERT_CHUNK) {
                 let values: Vec<String> = (0..chunk.len())
                     .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
                     .collect();
+                // VALUES columns are called column1, column2… on both databases. `last_seq` is
+                // the mark of the stream the rig wrote last, for operators to read.
                 let sql = format!(
-                    "UPDATE rigs SET last_seen_ms = $1,
-                       last_seq = CASE WHEN rigs.last_seq IS NULL OR rigs.last_seq < v.column2
-                                       THEN v.column2 ELSE rigs.last_seq END
-                     FROM (VALUES {}) AS v WHERE rigs.id = v.column1
-                     RETURNING id, last_seq",
+                    "UPDATE rigs SET last_seen_ms = $1, last_seq = v.column2
+                     FROM (VALUES {}) AS v WHERE rigs.id = v.column1",
                     values.join(", ")
                 );
                 let mut q = sqlx::query(&sql).bind(now_ms);
                 for (rig, seq) in chunk {
                     q = q.bind(*rig).bind(*seq);
                 }
-                for row in q.persistent(false).fetch_all(&mut *tx).await? {
-                    let seq = row.opt_i64("last_seq")?.ok_or_else(|| StoreError::Corrupt("last_seq not set".into()))?;
-                    outcome.last_seq.insert(row.i64("id")?, to_u64(seq, "last_seq")?);
-                }
+                q.persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
@@ -370,7 +506,7 @@ impl Store {
         let mut out = Vec::new();
         for rig in rigs {
             let row = dispatch!(self, p => {
-                let row = sqlx::query("SELECT ts_ms, seq, data FROM telemetry_raw WHERE rig_id = $1 ORDER BY ts_ms DESC LIMIT 1")
+                let row = sqlx::query("SELECT ts_ms, seq, data FROM telemetry_raw WHERE rig_id = $1 ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1")
                     .bind(rig).fetch_optional(p).await?;
                 row.map(|r| Ok::<_, StoreError>((r.i64("ts_ms")?, r.i64("seq")?, r.bytes("data")?))).transpose()?
             });
@@ -408,10 +544,10 @@ impl Store {
         if span <= RAW_RANGE_MS {
             let (baseline, rows) = dispatch!(self, p => {
                 let base: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC LIMIT 1")
+                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1")
                     .bind(rig_id).bind(from_ms).fetch_optional(p).await?;
                 let rows = sqlx::query(
-                    "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY ts_ms")
+                    "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY ts_ms, stream_id, seq")
                     .bind(rig_id).bind(from_ms).bind(to_ms).fetch_all(p).await?;
                 let rows = rows.iter().map(|r| Ok((r.i64("ts_ms")?, r.bytes("data")?))).collect::<Result<Vec<_>, StoreError>>()?;
                 (base, rows)
@@ -450,6 +586,18 @@ impl Store {
             ));
         }
         Ok(History { resolution, points })
+    }
+
+    /// Every stored sample's (seq, time on the server's clock, time as the agent sent it,
+    /// whether the time was replaced by the arrival time), in (stream, seq) order.
+    pub async fn raw_times(&self, rig_id: i64) -> Result<Vec<(u64, i64, i64, bool)>, StoreError> {
+        dispatch!(self, p => {
+            let rows = sqlx::query(
+                "SELECT seq, ts_ms, agent_ts_ms, time_flag FROM telemetry_raw WHERE rig_id = $1 ORDER BY stream_id, seq")
+                .bind(rig_id).fetch_all(p).await?;
+            rows.iter().map(|r| Ok((to_u64(r.i64("seq")?, "seq")?, r.i64("ts_ms")?, r.i64("agent_ts_ms")?, r.i16("time_flag")? != 0)))
+                .collect()
+        })
     }
 
     /// Seq ranges stored for a rig (for tests proving nothing was lost/duplicated): count,
@@ -520,14 +668,42 @@ pub(crate) mod tests {
         }
     }
 
-    /// Writes samples of one rig directly (no writer task).
+    /// The rig's legacy stream (agents before streams), created when missing.
+    pub(crate) async fn legacy_stream(s: &Store, rig_id: i64) -> i64 {
+        s.telemetry_stream(rig_id, "", 0).await.unwrap().unwrap().0.id
+    }
+
+    /// Samples stored at their own time, the stream's mark moved to the highest seq.
+    pub(crate) fn plain<'a>(
+        rig_id: i64,
+        stream_id: i64,
+        samples: impl IntoIterator<Item = &'a Sample>,
+    ) -> StreamSamples<'a> {
+        let samples: Vec<TimedSample<'a>> = samples
+            .into_iter()
+            .map(|sample| TimedSample {
+                sample,
+                ts_ms: sample.time_unix_ms,
+                recv_ms: sample.time_unix_ms,
+                time_flagged: false,
+            })
+            .collect();
+        let committed_seq = samples.iter().map(|t| t.sample.seq).max().unwrap_or(0);
+        StreamSamples {
+            rig_id,
+            stream_id,
+            samples,
+            committed_seq,
+            dropped: 0,
+        }
+    }
+
+    /// Writes samples of one rig directly (no writer task), in its legacy stream.
     pub(crate) async fn write(s: &Store, rig_id: i64, samples: &[Sample]) -> WriteOutcome {
         let mut slots = HashMap::new();
         slots.insert(rig_id, s.device_slots(rig_id).await.unwrap());
-        let rigs = [RigSamples {
-            rig_id,
-            samples: samples.iter().collect(),
-        }];
+        let stream = legacy_stream(s, rig_id).await;
+        let rigs = [plain(rig_id, stream, samples)];
         s.write_samples(&rigs, &mut slots, 0).await.unwrap()
     }
 
@@ -551,7 +727,7 @@ pub(crate) mod tests {
                 ],
             )
             .await;
-            assert_eq!((out.inserted, out.last_seq[&a]), (3, 3));
+            assert_eq!(out.inserted, 3);
             write(s, b, &[sample(9, 5_000, 0, 0)]).await;
             let slots = s.device_slots(a).await.unwrap();
             assert_eq!(slots["dev2"], 2);

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::limits::TokenBucket;
 use super::{live_entry, Hub, Outbound, OUTBOUND_QUEUE};
 use crate::db::{AgentRow, StoreError};
-use crate::ingest::IngestBatch;
+use crate::ingest::{IngestBatch, LinkIngest};
 
 /// Time an agent has for each handshake step.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +45,7 @@ type AckFuture = std::pin::Pin<
         dyn std::future::Future<
                 Output = (
                     RigId,
+                    Option<String>,
                     Instant,
                     Result<Result<u64, StoreError>, oneshot::error::RecvError>,
                 ),
@@ -118,6 +119,10 @@ struct Session {
     rigs: Vec<(i64, RigId)>,
     /// When the link last received a frame (the hub reads it to tell clones from dead links).
     last_frame_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// Server clock minus agent clock at the handshake; sample times are corrected by it.
+    clock_offset_ms: i64,
+    /// The telemetry writer's view of this link (a failed batch stops the ones queued after).
+    ingest: Arc<LinkIngest>,
 }
 
 impl Session {
@@ -288,9 +293,33 @@ async fn handshake(
         )
         .await;
     }
+    let clock_offset_ms = server_time.saturating_sub(hello.clock_unix_ms);
+    // Protocol 2 agents judge order expiry with a server time signed over their own fresh
+    // nonce, so a proxy cannot forge or replay the clock they use.
+    let welcome_time = crate::now_ms();
+    let signed_time = match (
+        protocol >= 2,
+        hello.nonce.as_deref().and_then(decode_hex_array::<32>),
+    ) {
+        (true, Some(agent_nonce)) => {
+            // Signed with the key the agent pins: one still on the previous key verifies this
+            // welcome, then takes the rollover that follows it.
+            let signer = match (&pinned, &hub.previous_key) {
+                (PinnedKey::Previous(_), Some(previous)) => previous,
+                _ => &hub.key,
+            };
+            Some((
+                welcome_time,
+                signer.sign_server_time(&agent_nonce, &hello.agent_id, welcome_time),
+            ))
+        }
+        _ => None,
+    };
     let welcome = ServerMessage::Welcome(Welcome {
         telemetry_interval_secs: hub.telemetry_interval_secs,
-        clock_offset_ms: server_time - hello.clock_unix_ms,
+        clock_offset_ms,
+        server_time_unix_ms: signed_time.as_ref().map(|(t, _)| *t),
+        time_sig: signed_time.map(|(_, sig)| sig),
     });
     out.send(Outbound::Frame(welcome))
         .await
@@ -301,6 +330,8 @@ async fn handshake(
         agent_uid: agent.agent_uid.clone(),
         rigs,
         last_frame_ms,
+        clock_offset_ms,
+        ingest: LinkIngest::new(),
     };
     let pinned_fp = match pinned {
         PinnedKey::Current => hub.key.fingerprint(),
@@ -447,11 +478,15 @@ async fn after_welcome(
                 tracing::warn!(%error, "Could not store a rig's devices");
             }
         }
+        if let Some(stream) = &r.stream_id {
+            note_stream(hub, rig_id, stream, r.last_acked_seq, now).await;
+        }
         let found = hub.live.update(rig_id, |live| {
             live.connected = true;
             live.last_seen_ms = Some(now);
             live.agent_version = Some(hello.agent_version.clone());
             live.hostname = Some(hello.hostname.clone());
+            live.clock_offset_ms = Some(session.clock_offset_ms);
         });
         if !found {
             if let Some(row) = agent.rigs.iter().find(|row| row.id == rig_id) {
@@ -460,10 +495,49 @@ async fn after_welcome(
                 entry.last_seen_ms = Some(now);
                 entry.agent_version = Some(hello.agent_version.clone());
                 entry.hostname = Some(hello.hostname.clone());
+                entry.clock_offset_ms = Some(session.clock_offset_ms);
                 hub.live.insert(entry);
             }
         }
         reconcile_config(hub, rig_id, &r.rig_id, r.applied_config_version).await;
+    }
+}
+
+/// Creates the rig's telemetry stream named in `hello` if it is new; a rig that already had a
+/// stream started another (its agent's queue was reset: seqs start again at 1), which the
+/// operator should know about.
+async fn note_stream(hub: &Arc<Hub>, rig_id: i64, stream: &str, last_acked: Option<u64>, now: i64) {
+    match hub.store.telemetry_stream(rig_id, stream, now).await {
+        Ok(Some((_, true))) => {
+            let earlier = match hub.store.telemetry_streams(rig_id).await {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|s| s.stream_uid != stream)
+                    .collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::warn!(%error, "Could not read a rig's telemetry streams");
+                    Vec::new()
+                }
+            };
+            if let Some(prev) = earlier.iter().max_by_key(|s| s.id) {
+                hub.event(
+                    Some(rig_id),
+                    "warning",
+                    "telemetry_stream_started",
+                    format!(
+                        "the agent started a new telemetry stream (its queue was created anew; it reports seq {} as acknowledged); the previous stream ended at seq {}",
+                        last_acked.unwrap_or(0),
+                        prev.committed_seq
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            hub.metrics.error("store");
+            tracing::warn!(%error, "Could not record a rig's telemetry stream");
+        }
     }
 }
 
@@ -527,11 +601,11 @@ async fn serve(
         let wait = frames.wait_time(Instant::now());
         let idle_left = IDLE_TIMEOUT.saturating_sub(last_frame.elapsed());
         tokio::select! {
-            Some((rig_uid, started, result)) = acks.next(), if !acks.is_empty() => {
+            Some((rig_uid, stream_id, started, result)) = acks.next(), if !acks.is_empty() => {
                 match result {
                     Ok(Ok(seq)) => {
                         hub.metrics.ingest_to_durable_seconds.observe(started.elapsed().as_secs_f64());
-                        let ack = ServerMessage::Ack(Ack { rig_id: rig_uid, seq });
+                        let ack = ServerMessage::Ack(Ack { rig_id: rig_uid, seq, stream_id });
                         if out.send(Outbound::Frame(ack)).await.is_err() {
                             return;
                         }
@@ -626,9 +700,15 @@ async fn handle(
                 hub.live.record_sample(rig_id, newest, now);
             }
             let (done, rx) = oneshot::channel();
+            let stream_id = t.stream_id;
             let batch = IngestBatch {
                 rig_id,
+                stream: stream_id.clone().unwrap_or_default(),
                 samples: t.samples,
+                dropped_through: t.dropped_through,
+                clock_offset_ms: session.clock_offset_ms,
+                received_ms: now,
+                link: session.ingest.clone(),
                 done,
             };
             let started = Instant::now();
@@ -636,7 +716,7 @@ async fn handle(
                 hub.metrics.error("writer_closed");
                 return Some(error_frame(ErrorCode::Internal, "server is shutting down"));
             }
-            acks.push(Box::pin(async move { (uid, started, rx.await) }));
+            acks.push(Box::pin(async move { (uid, stream_id, started, rx.await) }));
             None
         }
         AgentMessage::ConfigApplied(c) => {

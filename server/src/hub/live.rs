@@ -38,6 +38,8 @@ pub struct RigLive {
     pub hostname: Option<String>,
     /// Telemetry interval the rig was told (for the offline threshold).
     pub telemetry_interval_secs: u32,
+    /// Server clock minus the rig's clock at its last handshake (ms).
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// Rig status as the fleet overview shows it.
@@ -247,6 +249,7 @@ mod tests {
             agent_version: None,
             hostname: None,
             telemetry_interval_secs: 10,
+            clock_offset_ms: None,
         }
     }
 

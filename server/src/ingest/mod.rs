@@ -1,11 +1,12 @@
 //! Telemetry ingest: one writer task turns many small per-rig batches into few large
-//! transactions, and acknowledges each batch with the rig's durable high-water mark only after
-//! the transaction holding its samples committed.
+//! transactions, and acknowledges each batch with its stream's mark (every seq at or below it
+//! committed, no hole) only after the transaction holding its samples committed.
 
 pub mod maintenance;
 mod writer;
 
 pub use maintenance::spawn_maintenance;
 pub use writer::{
-    spawn_writer, IngestBatch, WriterClosed, WriterHandle, WriterMetrics, WriterOptions,
+    server_time, spawn_writer, IngestBatch, LinkIngest, WriterClosed, WriterHandle,
+    WriterMetrics, WriterOptions, DEFAULT_MAX_CLOCK_SKEW,
 };

@@ -1,6 +1,15 @@
 //! The telemetry writer task.
+//!
+//! An acknowledgement is a promise: the mark a batch is answered with is the highest seq N of
+//! its (rig, stream) such that every seq ≤ N is committed (or was reported dropped by the agent
+//! itself). Seqs stored behind a hole are remembered, so the mark jumps over them once the hole
+//! is filled, and a resent seq is a duplicate only when it is actually stored. Once a batch of a
+//! link fails, the batches that link still has queued are refused too: the agent reconnects and
+//! resends everything unacknowledged in order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter};
@@ -8,8 +17,12 @@ use rigfleet_proto::telemetry::Sample;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::db::telemetry::{RigSamples, SlotMap};
+use crate::db::telemetry::{SlotMap, StreamSamples, TimedSample};
 use crate::db::{Store, StoreError};
+
+/// Samples whose corrected time is further than this from their arrival are stored at the
+/// arrival time and flagged (never refused: an unacknowledged sample would stall its stream).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(24 * 3600);
 
 /// How the writer batches.
 #[derive(Clone, Debug)]
@@ -20,6 +33,8 @@ pub struct WriterOptions {
     pub flush_interval: Duration,
     /// Batches waiting at most; `submit` waits when the queue is full.
     pub queue_capacity: usize,
+    /// See [`DEFAULT_MAX_CLOCK_SKEW`].
+    pub max_clock_skew: Duration,
 }
 
 impl Default for WriterOptions {
@@ -28,17 +43,51 @@ impl Default for WriterOptions {
             max_batch_samples: 2000,
             flush_interval: Duration::from_secs(1),
             queue_capacity: 512,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
 
-/// Samples of one rig and where to send the outcome.
+/// What the writer knows of one agent link: once a batch of it failed, its later batches are
+/// not committed (they would land behind a hole the agent fills only after reconnecting).
+#[derive(Debug, Default)]
+pub struct LinkIngest {
+    failed: AtomicBool,
+}
+
+impl LinkIngest {
+    /// A fresh link's state.
+    pub fn new() -> Arc<LinkIngest> {
+        Arc::new(LinkIngest::default())
+    }
+
+    /// Whether a batch of this link failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+/// Samples of one rig's stream and where to send the outcome.
 #[derive(Debug)]
 pub struct IngestBatch {
     pub rig_id: i64,
+    /// The agent's stream id; empty for agents that predate streams (protocol 1).
+    pub stream: String,
     pub samples: Vec<Sample>,
-    /// Answered with the rig's highest durably committed seq once the transaction holding these
-    /// samples committed (0 when the rig has none), or the error that kept them out.
+    /// The agent dropped every unacknowledged seq up to this one (its queue overflowed).
+    pub dropped_through: Option<u64>,
+    /// Server clock minus agent clock, measured at the link's handshake.
+    pub clock_offset_ms: i64,
+    /// When the frame arrived (server clock).
+    pub received_ms: i64,
+    /// The link the batch came on.
+    pub link: Arc<LinkIngest>,
+    /// Answered with the stream's mark (every seq at or below it committed or dropped) once
+    /// the transaction holding these samples committed, or the error that kept them out.
     pub done: oneshot::Sender<Result<u64, StoreError>>,
 }
 
@@ -48,32 +97,19 @@ pub struct WriterMetrics {
     /// Seconds per batch commit.
     pub commit_seconds: Histogram,
     pub samples_written: IntCounter,
-    /// Resent samples skipped (seq at or below the rig's high-water mark).
+    /// Resent samples skipped (their seq is already stored in the stream).
     pub samples_duplicate: IntCounter,
     /// Transactions committed.
     pub batches: IntCounter,
     /// Transactions that failed.
     pub errors: IntCounter,
+    /// Samples stored at their arrival time because the agent's time was implausible.
+    pub samples_time_flagged: IntCounter,
+    /// Seqs agents reported dropped from their queues (lost before they were sent).
+    pub samples_dropped_by_agents: IntCounter,
 }
 
 impl WriterMetrics {
-    /// Wraps instruments the caller created (and registered).
-    pub fn new(
-        commit_seconds: Histogram,
-        samples_written: IntCounter,
-        samples_duplicate: IntCounter,
-        batches: IntCounter,
-        errors: IntCounter,
-    ) -> WriterMetrics {
-        WriterMetrics {
-            commit_seconds,
-            samples_written,
-            samples_duplicate,
-            batches,
-            errors,
-        }
-    }
-
     /// Fresh instruments registered nowhere (tests, tools).
     pub fn unregistered() -> WriterMetrics {
         // Constant, valid names: construction cannot fail.
@@ -88,6 +124,8 @@ impl WriterMetrics {
             samples_duplicate: counter("rigfleet_ingest_samples_duplicate_total"),
             batches: counter("rigfleet_ingest_batches_total"),
             errors: counter("rigfleet_ingest_errors_total"),
+            samples_time_flagged: counter("rigfleet_ingest_samples_time_flagged_total"),
+            samples_dropped_by_agents: counter("rigfleet_ingest_samples_dropped_by_agents_total"),
         }
     }
 }
@@ -143,7 +181,7 @@ pub fn spawn_writer(store: Store, opts: WriterOptions, metrics: WriterMetrics) -
         store,
         opts,
         metrics,
-        last_seq: HashMap::new(),
+        streams: HashMap::new(),
         slots: HashMap::new(),
     };
     let task = tokio::spawn(writer.run(rx));
@@ -153,12 +191,52 @@ pub fn spawn_writer(store: Store, opts: WriterOptions, metrics: WriterMetrics) -
     }
 }
 
+/// A stream's durable state as the writer knows it.
+#[derive(Clone, Debug)]
+struct StreamState {
+    id: i64,
+    /// Every seq at or below it is committed or dropped.
+    mark: u64,
+    /// Seqs committed above the mark (behind a hole).
+    above: BTreeSet<u64>,
+}
+
+impl StreamState {
+    /// Takes `seq` if it is not stored yet; false for a duplicate.
+    fn take(&mut self, seq: u64) -> bool {
+        seq > self.mark && self.above.insert(seq)
+    }
+
+    /// The agent dropped every unacknowledged seq up to `through`: the mark moves past them.
+    /// Returns how many of them were never stored (lost).
+    fn drop_through(&mut self, through: u64) -> u64 {
+        if through <= self.mark {
+            return 0;
+        }
+        let stored = self.above.range(..=through).count() as u64;
+        let lost = (through - self.mark).saturating_sub(stored);
+        self.above = self.above.split_off(&(through.saturating_add(1)));
+        self.mark = through;
+        lost
+    }
+
+    /// Moves the mark over seqs stored right above it.
+    fn advance(&mut self) {
+        while let Some(next) = self.mark.checked_add(1) {
+            if !self.above.remove(&next) {
+                break;
+            }
+            self.mark = next;
+        }
+    }
+}
+
 struct Writer {
     store: Store,
     opts: WriterOptions,
     metrics: WriterMetrics,
-    /// Per rig high-water mark, loaded lazily; `None`: no sample stored yet.
-    last_seq: HashMap<i64, Option<u64>>,
+    /// Per (rig, stream id), loaded lazily.
+    streams: HashMap<(i64, String), StreamState>,
     slots: HashMap<i64, SlotMap>,
 }
 
@@ -167,6 +245,28 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A sample's time on the server's clock: the agent's time corrected by the handshake offset,
+/// or the arrival time (flagged) when that is further than `bound` from it.
+pub fn server_time(agent_ms: i64, offset_ms: i64, received_ms: i64, bound: Duration) -> (i64, bool) {
+    let corrected = agent_ms.saturating_add(offset_ms);
+    let bound = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
+    if corrected.abs_diff(received_ms) > bound.unsigned_abs() {
+        (received_ms, true)
+    } else {
+        (corrected, false)
+    }
+}
+
+/// One stream's part of a flush.
+struct Plan {
+    rig_id: i64,
+    state: StreamState,
+    /// Indexes into the flush's batches and samples.
+    samples: Vec<(usize, usize)>,
+    dropped: u64,
+    changed: bool,
 }
 
 impl Writer {
@@ -214,39 +314,70 @@ impl Writer {
         }
     }
 
-    /// The rig's high-water mark from the cache or the database; `Ok(None)`: no such rig.
-    async fn high_water(&mut self, rig_id: i64) -> Result<Option<Option<u64>>, StoreError> {
-        if let Some(v) = self.last_seq.get(&rig_id) {
-            return Ok(Some(*v));
+    /// The stream's state from the cache or the database; `Ok(None)`: no such rig.
+    async fn stream(&mut self, rig_id: i64, uid: &str) -> Result<Option<StreamState>, StoreError> {
+        let key = (rig_id, uid.to_string());
+        if let Some(st) = self.streams.get(&key) {
+            return Ok(Some(st.clone()));
         }
-        let v = self.store.rig_last_seq(rig_id).await?;
-        if let Some(v) = v {
-            self.last_seq.insert(rig_id, v);
-        }
-        Ok(v)
+        let Some((row, _)) = self.store.telemetry_stream(rig_id, uid, now_ms()).await? else {
+            return Ok(None);
+        };
+        let above = self
+            .store
+            .stream_seqs_above(rig_id, row.id, row.committed_seq)
+            .await?;
+        let mut st = StreamState {
+            id: row.id,
+            mark: row.committed_seq,
+            above: above.into_iter().collect(),
+        };
+        st.advance();
+        self.streams.insert(key, st.clone());
+        Ok(Some(st))
     }
 
     async fn flush(&mut self, batches: Vec<IngestBatch>) {
-        // Samples to write, per rig, deduplicated against the durable mark and each other.
-        let mut per_rig: HashMap<i64, Vec<&Sample>> = HashMap::new();
+        let mut plans: HashMap<(i64, String), Plan> = HashMap::new();
         let mut refused: HashMap<usize, StoreError> = HashMap::new();
-        let mut seen: HashMap<i64, Option<u64>> = HashMap::new();
         let mut duplicates = 0u64;
         for (i, b) in batches.iter().enumerate() {
-            let hwm = match self.high_water(b.rig_id).await {
-                Ok(Some(h)) => h,
-                Ok(None) => {
-                    refused.insert(i, StoreError::NotFound);
-                    continue;
-                }
-                Err(e) => {
-                    refused.insert(i, e);
-                    continue;
-                }
-            };
+            if b.link.failed() {
+                refused.insert(
+                    i,
+                    StoreError::BatchFailed(
+                        "an earlier telemetry batch of this link was not stored".into(),
+                    ),
+                );
+                continue;
+            }
             if b.samples.iter().any(|s| i64::try_from(s.seq).is_err()) {
                 refused.insert(i, StoreError::Invalid("seq above 2^63-1".into()));
                 continue;
+            }
+            let key = (b.rig_id, b.stream.clone());
+            if !plans.contains_key(&key) {
+                let state = match self.stream(b.rig_id, &b.stream).await {
+                    Ok(Some(st)) => st,
+                    Ok(None) => {
+                        refused.insert(i, StoreError::NotFound);
+                        continue;
+                    }
+                    Err(e) => {
+                        refused.insert(i, e);
+                        continue;
+                    }
+                };
+                plans.insert(
+                    key.clone(),
+                    Plan {
+                        rig_id: b.rig_id,
+                        state,
+                        samples: Vec::new(),
+                        dropped: 0,
+                        changed: false,
+                    },
+                );
             }
             if !self.slots.contains_key(&b.rig_id) {
                 match self.store.device_slots(b.rig_id).await {
@@ -259,32 +390,76 @@ impl Writer {
                     }
                 }
             }
-            let floor = seen.entry(b.rig_id).or_insert(hwm);
-            let list = per_rig.entry(b.rig_id).or_default();
-            let mut sorted: Vec<&Sample> = b.samples.iter().collect();
-            sorted.sort_by_key(|s| s.seq);
-            for s in sorted {
-                if floor.is_some_and(|f| s.seq <= f) {
-                    duplicates += 1;
+            let Some(plan) = plans.get_mut(&key) else {
+                continue;
+            };
+            let mut order: Vec<usize> = (0..b.samples.len()).collect();
+            order.sort_by_key(|&j| b.samples[j].seq);
+            for j in order {
+                if plan.state.take(b.samples[j].seq) {
+                    plan.samples.push((i, j));
+                    plan.changed = true;
                 } else {
-                    *floor = Some(s.seq);
-                    list.push(s);
+                    duplicates += 1;
                 }
             }
+            if let Some(through) = b.dropped_through {
+                let before = plan.state.mark;
+                plan.dropped += plan.state.drop_through(through);
+                plan.changed |= plan.state.mark != before;
+            }
+            plan.state.advance();
         }
         self.metrics.samples_duplicate.inc_by(duplicates);
-        let rigs: Vec<RigSamples<'_>> = per_rig
-            .into_iter()
-            .filter(|(_, s)| !s.is_empty())
-            .map(|(rig_id, samples)| RigSamples { rig_id, samples })
+
+        let received: HashMap<usize, (i64, i64)> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, (b.clock_offset_ms, b.received_ms)))
             .collect();
-        let written: usize = rigs.iter().map(|r| r.samples.len()).sum();
+        let mut flagged = 0u64;
+        let mut dropped = 0u64;
+        let writes: Vec<StreamSamples<'_>> = plans
+            .values()
+            .filter(|p| p.changed)
+            .map(|p| {
+                dropped += p.dropped;
+                StreamSamples {
+                    rig_id: p.rig_id,
+                    stream_id: p.state.id,
+                    samples: p
+                        .samples
+                        .iter()
+                        .map(|&(i, j)| {
+                            let sample = &batches[i].samples[j];
+                            let (offset, recv) = received.get(&i).copied().unwrap_or((0, now_ms()));
+                            let (ts_ms, time_flagged) = server_time(
+                                sample.time_unix_ms,
+                                offset,
+                                recv,
+                                self.opts.max_clock_skew,
+                            );
+                            flagged += u64::from(time_flagged);
+                            TimedSample {
+                                sample,
+                                ts_ms,
+                                recv_ms: recv,
+                                time_flagged,
+                            }
+                        })
+                        .collect(),
+                    committed_seq: p.state.mark,
+                    dropped: p.dropped,
+                }
+            })
+            .collect();
+        let written: usize = writes.iter().map(|w| w.samples.len()).sum();
         let mut failure: Option<String> = None;
-        if !rigs.is_empty() {
+        if !writes.is_empty() {
             let started = Instant::now();
             match self
                 .store
-                .write_samples(&rigs, &mut self.slots, now_ms())
+                .write_samples(&writes, &mut self.slots, now_ms())
                 .await
             {
                 Ok(outcome) => {
@@ -293,11 +468,10 @@ impl Writer {
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.batches.inc();
                     self.metrics.samples_written.inc_by(outcome.inserted);
+                    self.metrics.samples_time_flagged.inc_by(flagged);
+                    self.metrics.samples_dropped_by_agents.inc_by(dropped);
                     let collided = (written as u64).saturating_sub(outcome.inserted);
                     self.metrics.samples_duplicate.inc_by(collided);
-                    for (rig, seq) in outcome.last_seq {
-                        self.last_seq.insert(rig, Some(seq));
-                    }
                 }
                 Err(e) => {
                     self.metrics.errors.inc();
@@ -306,25 +480,32 @@ impl Writer {
                 }
             }
         }
-        let failed_rigs: HashSet<i64> = if failure.is_some() {
-            rigs.iter().map(|r| r.rig_id).collect()
-        } else {
-            HashSet::new()
-        };
-        drop(rigs);
+        drop(writes);
+        if failure.is_none() {
+            for (key, plan) in &plans {
+                self.streams.insert(key.clone(), plan.state.clone());
+            }
+        }
         for (i, b) in batches.into_iter().enumerate() {
             let reply = if let Some(e) = refused.remove(&i) {
                 Err(e)
-            } else if let (Some(msg), true) = (&failure, failed_rigs.contains(&b.rig_id)) {
+            } else if let Some(msg) = &failure {
+                // One transaction holds every stream of the flush: none of it is stored.
                 Err(StoreError::BatchFailed(msg.clone()))
             } else {
-                Ok(self.last_seq.get(&b.rig_id).copied().flatten().unwrap_or(0))
+                match plans.get(&(b.rig_id, b.stream.clone())) {
+                    Some(p) => Ok(p.state.mark),
+                    None => Err(StoreError::NotFound),
+                }
             };
+            if reply.is_err() {
+                b.link.fail();
+            }
             let _ = b.done.send(reply);
         }
         if failure.is_some() {
             // The caches may hold what the failed transaction was about to change.
-            self.last_seq.clear();
+            self.streams.clear();
             self.slots.clear();
         }
     }
@@ -338,11 +519,13 @@ mod tests {
     use crate::db::test_db::{exec, test_backends};
     use crate::db::DbKind;
 
+    /// Test samples are dated 1970: no skew bound applies unless a test sets one.
     fn opts(flush_ms: u64) -> WriterOptions {
         WriterOptions {
             max_batch_samples: 2000,
             flush_interval: Duration::from_millis(flush_ms),
             queue_capacity: 64,
+            max_clock_skew: Duration::from_secs(u32::MAX.into()),
         }
     }
 
@@ -352,20 +535,252 @@ mod tests {
             .collect()
     }
 
-    async fn send(
+    /// Where a batch comes from.
+    struct From<'a> {
+        stream: &'a str,
+        link: Arc<LinkIngest>,
+        dropped_through: Option<u64>,
+        clock_offset_ms: i64,
+        received_ms: i64,
+    }
+
+    impl Default for From<'_> {
+        fn default() -> Self {
+            From {
+                stream: "",
+                link: LinkIngest::new(),
+                dropped_through: None,
+                clock_offset_ms: 0,
+                received_ms: now_ms(),
+            }
+        }
+    }
+
+    async fn send_from(
         h: &WriterHandle,
         rig_id: i64,
         samples: Vec<Sample>,
+        from: From<'_>,
     ) -> oneshot::Receiver<Result<u64, StoreError>> {
         let (done, rx) = oneshot::channel();
         h.submit(IngestBatch {
             rig_id,
+            stream: from.stream.to_string(),
             samples,
+            dropped_through: from.dropped_through,
+            clock_offset_ms: from.clock_offset_ms,
+            received_ms: from.received_ms,
+            link: from.link,
             done,
         })
         .await
         .unwrap();
         rx
+    }
+
+    async fn send(
+        h: &WriterHandle,
+        rig_id: i64,
+        samples: Vec<Sample>,
+    ) -> oneshot::Receiver<Result<u64, StoreError>> {
+        send_from(h, rig_id, samples, From::default()).await
+    }
+
+    async fn ack_from(
+        h: &WriterHandle,
+        rig_id: i64,
+        samples: Vec<Sample>,
+        from: From<'_>,
+    ) -> Result<u64, StoreError> {
+        send_from(h, rig_id, samples, from).await.await.unwrap()
+    }
+
+    /// Makes every insert of a seq in `range` fail, as a transient database error would.
+    async fn fail_seqs(s: &Store, range: std::ops::RangeInclusive<u64>) -> String {
+        let (lo, hi) = (range.start(), range.end());
+        let name = format!("fail_seq_{lo}_{hi}");
+        match s.kind() {
+            DbKind::Sqlite => exec(s, &format!("CREATE TRIGGER {name} BEFORE INSERT ON telemetry_raw WHEN NEW.seq BETWEEN {lo} AND {hi} BEGIN SELECT RAISE(ABORT, 'injected failure'); END")).await,
+            DbKind::Postgres => {
+                exec(s, &format!("CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.seq BETWEEN {lo} AND {hi} THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$")).await;
+                exec(s, &format!("CREATE TRIGGER {name} BEFORE INSERT ON telemetry_raw FOR EACH ROW EXECUTE FUNCTION {name}()")).await;
+            }
+        }
+        name
+    }
+
+    async fn heal(s: &Store, name: &str) {
+        match s.kind() {
+            DbKind::Sqlite => exec(s, &format!("DROP TRIGGER {name}")).await,
+            DbKind::Postgres => {
+                exec(s, &format!("DROP TRIGGER {name} ON telemetry_raw")).await;
+                exec(s, &format!("DROP FUNCTION {name}()")).await;
+            }
+        }
+    }
+
+    fn stored(v: &[(String, u64)], stream: &str) -> Vec<u64> {
+        v.iter().filter(|(s, _)| s == stream).map(|(_, q)| *q).collect()
+    }
+
+    #[tokio::test]
+    async fn an_ack_never_crosses_a_hole_left_by_a_failed_flush() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 2).await;
+            let m = WriterMetrics::unregistered();
+            // Three samples a flush, so a link's second batch waits in the queue while the
+            // first one's transaction fails.
+            let w = spawn_writer(
+                s.clone(),
+                WriterOptions {
+                    max_batch_samples: 3,
+                    ..opts(50)
+                },
+                m.clone(),
+            );
+            assert_eq!(ack(&w, rig, seqs(1..=2)).await.unwrap(), 2);
+            let fault = fail_seqs(s, 3..=5).await;
+            let link = LinkIngest::new();
+            let failing = send_from(&w, rig, seqs(3..=5), From { link: link.clone(), ..From::default() }).await;
+            let queued = send_from(&w, rig, seqs(6..=8), From { link: link.clone(), ..From::default() }).await;
+            assert!(matches!(failing.await.unwrap(), Err(StoreError::BatchFailed(_))));
+            // The batch queued behind the failure is not committed either.
+            assert!(queued.await.unwrap().is_err());
+            assert!(link.failed());
+            assert_eq!(stored(&s.stored_seqs(rig).await.unwrap(), ""), [1, 2]);
+            // Even when later seqs of the stream do commit (a link that kept going), the ack
+            // stays below the hole: 3..5 are not stored.
+            assert_eq!(ack(&w, rig, seqs(6..=8)).await.unwrap(), 2);
+            heal(s, &fault).await;
+            // The agent reconnects and resends everything unacknowledged: the hole fills, the
+            // seqs already stored are duplicates, and the ack covers all of it.
+            assert_eq!(ack(&w, rig, seqs(3..=8)).await.unwrap(), 8);
+            assert_eq!(
+                stored(&s.stored_seqs(rig).await.unwrap(), ""),
+                (1..=8).collect::<Vec<_>>()
+            );
+            assert_eq!(m.samples_duplicate.get(), 3);
+            // A fresh writer (server restart) reloads the mark and the seqs behind it.
+            w.shutdown().await;
+            let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
+            let fault = fail_seqs(s, 10..=10).await;
+            assert!(ack(&w, rig, seqs(9..=10)).await.is_err());
+            heal(s, &fault).await;
+            assert_eq!(ack(&w, rig, seqs(11..=12)).await.unwrap(), 8);
+            w.shutdown().await;
+            let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
+            assert_eq!(ack(&w, rig, seqs(9..=10)).await.unwrap(), 12);
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap(), (12, Some(1), Some(12)));
+            w.shutdown().await;
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn samples_with_the_same_time_are_two_samples() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
+            let same = vec![
+                sample(1, 5_000_000, 1, 1),
+                sample(2, 5_000_000, 1, 2),
+            ];
+            assert_eq!(ack(&w, rig, same.clone()).await.unwrap(), 2);
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap(), (2, Some(1), Some(2)));
+            // Resending them is a duplicate by seq, not by time.
+            assert_eq!(ack(&w, rig, same).await.unwrap(), 2);
+            assert_eq!(s.raw_seq_stats(rig).await.unwrap().0, 2);
+            w.shutdown().await;
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_queue_starts_a_new_stream_instead_of_being_taken_for_resends() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
+            let a = || From { stream: "queue-a", ..From::default() };
+            let b = || From { stream: "queue-b", ..From::default() };
+            assert_eq!(ack_from(&w, rig, seqs(1..=5), a()).await.unwrap(), 5);
+            // The agent's queue was wiped: seqs start again at 1 in a new stream.
+            assert_eq!(ack_from(&w, rig, seqs(1..=3), b()).await.unwrap(), 3);
+            assert_eq!(ack_from(&w, rig, seqs(1..=3), b()).await.unwrap(), 3);
+            let all = s.stored_seqs(rig).await.unwrap();
+            assert_eq!((stored(&all, "queue-a"), stored(&all, "queue-b")), (vec![1, 2, 3, 4, 5], vec![1, 2, 3]));
+            let streams = s.telemetry_streams(rig).await.unwrap();
+            assert_eq!(
+                streams.iter().map(|st| (st.stream_uid.as_str(), st.committed_seq)).collect::<Vec<_>>(),
+                [("queue-a", 5), ("queue-b", 3)]
+            );
+            w.shutdown().await;
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn seqs_the_agent_dropped_let_the_mark_move_and_are_counted() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            let m = WriterMetrics::unregistered();
+            let w = spawn_writer(s.clone(), opts(20), m.clone());
+            assert_eq!(ack(&w, rig, seqs(1..=2)).await.unwrap(), 2);
+            // 4 was stored out of order; the agent then drops 3..5 from its full queue.
+            assert_eq!(ack(&w, rig, seqs(4..=4)).await.unwrap(), 2);
+            let dropped = From { dropped_through: Some(5), ..From::default() };
+            assert_eq!(ack_from(&w, rig, seqs(6..=7), dropped).await.unwrap(), 7);
+            assert_eq!(m.samples_dropped_by_agents.get(), 2);
+            let streams = s.telemetry_streams(rig).await.unwrap();
+            assert_eq!((streams[0].committed_seq, streams[0].dropped), (7, 2));
+            w.shutdown().await;
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn sample_times_are_corrected_and_implausible_ones_flagged() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let rig = one_rig(s, "a", 1).await;
+            let m = WriterMetrics::unregistered();
+            let w = spawn_writer(
+                s.clone(),
+                WriterOptions {
+                    max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+                    ..opts(20)
+                },
+                m.clone(),
+            );
+            let now = 1_800_000_000_000;
+            let hour = 3_600_000;
+            // The agent's clock is an hour behind: its times are moved forward by the offset
+            // its handshake measured. One sample says 1970, one 2090: stored at arrival, flagged.
+            let mut batch = vec![
+                sample(1, now - hour - 20_000, 1, 1),
+                sample(2, 5_000, 1, 2),
+                sample(3, 3_800_000_000_000, 1, 3),
+                sample(4, now - hour - 10_000, 1, 4),
+            ];
+            batch.sort_by_key(|x| x.seq);
+            let from = From { clock_offset_ms: hour, received_ms: now, ..From::default() };
+            assert_eq!(ack_from(&w, rig, batch, from).await.unwrap(), 4);
+            assert_eq!(
+                s.raw_times(rig).await.unwrap(),
+                [
+                    (1, now - 20_000, now - hour - 20_000, false),
+                    (2, now, 5_000, true),
+                    (3, now, 3_800_000_000_000, true),
+                    (4, now - 10_000, now - hour - 10_000, false),
+                ]
+            );
+            assert_eq!(m.samples_time_flagged.get(), 2);
+            w.shutdown().await;
+            db.cleanup().await;
+        }
     }
 
     async fn ack(h: &WriterHandle, rig_id: i64, samples: Vec<Sample>) -> Result<u64, StoreError> {
@@ -465,6 +880,7 @@ mod tests {
                     max_batch_samples: 300,
                     flush_interval: Duration::from_millis(50),
                     queue_capacity: 8,
+                    ..opts(50)
                 },
                 m.clone(),
             );
@@ -528,7 +944,12 @@ mod tests {
             assert!(w2
                 .submit(IngestBatch {
                     rig_id: rig,
+                    stream: String::new(),
                     samples: vec![],
+                    dropped_through: None,
+                    clock_offset_ms: 0,
+                    received_ms: 0,
+                    link: LinkIngest::new(),
                     done
                 })
                 .await

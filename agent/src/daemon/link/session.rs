@@ -31,6 +31,12 @@ pub trait SampleStore {
     fn pending_after(&self, after: u64, max: usize) -> Result<Vec<Sample>, String>;
     /// Forget every sample up to `seq`.
     fn ack(&mut self, seq: u64) -> Result<(), String>;
+    /// The stream the seqs belong to (`None`: the legacy stream of a queue made before
+    /// streams existed).
+    fn stream_id(&self) -> Option<String>;
+    /// Highest seq dropped unacknowledged to the capacity bound (0: none): the server may move
+    /// its acknowledgement past every seq up to it.
+    fn dropped_through(&self) -> u64;
 }
 
 impl SampleStore for TelemetryQueue {
@@ -45,6 +51,16 @@ impl SampleStore for TelemetryQueue {
     fn ack(&mut self, seq: u64) -> Result<(), String> {
         TelemetryQueue::ack(self, seq).map_err(|e| e.to_string())
     }
+
+    fn stream_id(&self) -> Option<String> {
+        Some(TelemetryQueue::stream_id(self))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    fn dropped_through(&self) -> u64 {
+        self.loss().dropped_through_seq
+    }
 }
 
 /// Unacknowledged samples in memory, bounded (the simulator's store).
@@ -56,6 +72,10 @@ pub struct MemoryStore {
     capacity: usize,
     /// Samples dropped to the bound.
     pub dropped: u64,
+    /// Highest seq dropped to the bound.
+    dropped_through: u64,
+    /// Made with the store: a simulated agent's seqs start at 1 on every run.
+    stream_id: String,
 }
 
 impl MemoryStore {
@@ -67,6 +87,8 @@ impl MemoryStore {
             next_seq: 1,
             capacity: capacity.max(1),
             dropped: 0,
+            dropped_through: 0,
+            stream_id: crate::daemon::queue::new_stream_id(),
         }
     }
 
@@ -77,7 +99,9 @@ impl MemoryStore {
         sample.seq = seq;
         self.samples.insert(seq, sample);
         while self.samples.len() > self.capacity {
-            self.samples.pop_first();
+            if let Some((gone, _)) = self.samples.pop_first() {
+                self.dropped_through = gone;
+            }
             self.dropped += 1;
         }
         seq
@@ -111,6 +135,14 @@ impl SampleStore for MemoryStore {
             self.samples = self.samples.split_off(&(seq + 1));
         }
         Ok(())
+    }
+
+    fn stream_id(&self) -> Option<String> {
+        Some(self.stream_id.clone())
+    }
+
+    fn dropped_through(&self) -> u64 {
+        self.dropped_through
     }
 }
 
@@ -172,9 +204,12 @@ impl Outbox {
                 return Ok(None);
             };
             let count = samples.len();
+            let dropped = store.dropped_through();
             let msg = AgentMessage::Telemetry(Telemetry {
                 rig_id: self.rig_id.clone(),
                 samples,
+                stream_id: store.stream_id(),
+                dropped_through: (dropped > store.acked_seq()).then_some(dropped),
             });
             match rigfleet_proto::encode_agent(&msg) {
                 Ok(text) => {
@@ -198,8 +233,21 @@ impl Outbox {
         }
     }
 
-    /// The server committed every seq up to `seq`.
-    pub fn on_ack(&mut self, store: &mut dyn SampleStore, seq: u64) -> Result<(), String> {
+    /// The server committed every seq up to `seq` of `stream` (`None`: the server did not say,
+    /// as servers before streams). An ack about another stream (one this queue replaced) is
+    /// ignored: its seqs mean other samples.
+    pub fn on_ack(
+        &mut self,
+        store: &mut dyn SampleStore,
+        seq: u64,
+        stream: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(acked) = stream {
+            if store.stream_id().as_deref() != Some(acked) {
+                tracing::warn!(stream = acked, "Ack for another telemetry stream; ignored");
+                return Ok(());
+            }
+        }
         store.ack(seq)?;
         let before = self.in_flight.len();
         self.in_flight.retain(|&last| last > seq);
@@ -252,7 +300,7 @@ mod tests {
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[0].first(), Some(&1));
         assert_eq!(frames[2].last(), Some(&300));
-        out.on_ack(&mut store, 100).expect("ack");
+        out.on_ack(&mut store, 100, None).expect("ack");
         let next = out.next_frame(&store).expect("store").expect("room again");
         assert_eq!(seqs(&next).first(), Some(&301));
         assert!(out.next_frame(&store).expect("store").is_none());
@@ -269,7 +317,7 @@ mod tests {
         out.reset(&store);
         let f = out.next_frame(&store).expect("store").expect("frame");
         assert_eq!(seqs(&f), (1..=10).collect::<Vec<_>>());
-        out.on_ack(&mut store, 4).expect("ack");
+        out.on_ack(&mut store, 4, None).expect("ack");
         out.reset(&store);
         let f = out.next_frame(&store).expect("store").expect("frame");
         assert_eq!(seqs(&f), (5..=10).collect::<Vec<_>>());
