@@ -30,6 +30,8 @@ use crate::daemon::telemetry::SysRoot;
 
 /// Time for the whole enrollment request.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long enrollment waits out the server's per-address rate limit (`429`) before it gives up.
+pub const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Options of `enroll`.
 #[derive(Debug, Args)]
@@ -187,9 +189,24 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled> {
     };
     request.validate().context("enrollment request")?;
     let body = serde_json::to_vec(&request).context("encoding the request")?;
-    let response = http::post_json(&url, tls, ENROLL_PATH, &body, ENROLL_TIMEOUT)
-        .await
-        .with_context(|| format!("enrollment request to {}", options.server))?;
+    // The server limits enrollment attempts per address (a farm behind one NAT shares one):
+    // a `429` is waited out, with backoff, for up to `RATE_LIMIT_PATIENCE`.
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_secs(1);
+    let response = loop {
+        let response = http::post_json(&url, tls.clone(), ENROLL_PATH, &body, ENROLL_TIMEOUT)
+            .await
+            .with_context(|| format!("enrollment request to {}", options.server))?;
+        if response.status != 429 || started.elapsed() + pause > RATE_LIMIT_PATIENCE {
+            break response;
+        }
+        tracing::info!(
+            wait_secs = pause.as_secs(),
+            "The server limits enrollments from this address; waiting"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    };
     if !(200..300).contains(&response.status) {
         match serde_json::from_slice::<ApiError>(&response.body) {
             Ok(e) => bail!(

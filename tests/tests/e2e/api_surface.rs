@@ -860,3 +860,44 @@ async fn enrollment_counts_rigs_refuses_weak_keys_and_limits_each_address() {
     assert_eq!(status, 200, "another address enrolls: {text}");
     ts.finish().await;
 }
+
+/// The real agent waits out the enrollment limit instead of failing: after an address has used
+/// up its refusals, `rigfleet-agent enroll` from it gets `429` and retries with backoff until
+/// the server lets it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_out_the_enrollment_limit() {
+    let ts = start_on(TestDb::sqlite().await.unwrap()).await;
+    let addr = ts.addr();
+    let path = rigfleet_proto::enroll::ENROLL_PATH;
+    let json = [("Content-Type", JSON)];
+    let mut limited = false;
+    for _ in 0..40 {
+        let (status, _) = raw(addr, "POST", path, &json, "{garbage").await;
+        if status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the address is limited");
+    let token = ts.enroll_token(r#"{"max_uses": 1}"#).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().join("agent").to_str().unwrap().to_string();
+    let url = ts.server.url.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        rigfleet_tests::agent_proc::run_agent(&[
+            "enroll",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--state-dir",
+            &state_arg,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "enroll failed:\n{out}");
+    assert!(out.contains("waiting"), "it was limited first:\n{out}");
+    assert_eq!(ts.server.hub.live.with_all(|r| r.len()), 1);
+    ts.finish().await;
+}
