@@ -11,13 +11,22 @@
 //! plain figures the API shows) on every request, so tests feed fixed figures and the daemon
 //! feeds [`ApiView::from_snapshot`] of [`MiningSnapshot`].
 //!
+//! Bounds (issue 11, item 21): a join names at most [`MAX_JOINED`] commands, each once, so one
+//! small request cannot ask for the same large reply dozens of times; at most
+//! `max_connections` sockets are served at once, and when all are taken the oldest one that
+//! has sent nothing after `idle_gap` (or only part of a request after [`PARTIAL_GRACE_GAPS`]
+//! gaps) is closed to make room, so silent or dripping sockets cannot hold the API from the
+//! clients that ask something; every read and write has a deadline.
+//!
 //! Privileged commands (`switchpool`, `restart`, `addpool`…) are refused with Code 45 unless
 //! named in the config's `privileged_allow`. Even an allowed one is answered "not supported yet"
 //! (Code 14): carrying it out needs the daemon's command path (restart mining, switch pool),
 //! which this module does not reach on purpose.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +45,17 @@ pub const API_VERSION: &str = "3.7";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Largest request read; cgminer's own buffer is 8 KiB and no valid request comes near it.
 pub const MAX_REQUEST: usize = 8 * 1024;
+/// Most commands one JSON request may join with `+` (monitoring tools join three or four:
+/// `summary+pools+devs+stats`); a join over it, or one naming a command twice, is refused whole.
+pub const MAX_JOINED: usize = 8;
+/// A connection that sent part of a request may be closed to make room once it is this many
+/// `idle_gap`s old (a whole request takes one gap after its last byte).
+pub const PARTIAL_GRACE_GAPS: u32 = 10;
+
+/// Where a connection is: nothing received yet, part of a request, or answering.
+const PHASE_SILENT: u8 = 0;
+const PHASE_PARTIAL: u8 = 1;
+const PHASE_ANSWERING: u8 = 2;
 
 /// Every privileged cgminer command: those that change the miner rather than read it.
 pub const PRIVILEGED_COMMANDS: &[&str] = &[
@@ -92,9 +112,11 @@ const MSG_MINESTATS: u32 = 70;
 pub struct ApiServerConfig {
     /// Privileged commands the local config allows (`api.privileged_allow`).
     pub privileged_allow: Vec<String>,
-    /// Connections served at once; further ones wait in the listen backlog.
+    /// Connections served at once; when all are taken, the oldest one still waiting for its
+    /// request after `idle_gap` is closed to make room, else the newcomer waits in the backlog.
     pub max_connections: usize,
-    /// Longest wait for a whole request; a client that stalls longer is dropped.
+    /// Longest wait for a whole request; a client that stalls longer is dropped. Also the
+    /// longest time writing a reply may take.
     pub read_timeout: Duration,
     /// Quiet time after which a partial request counts as complete: cgminer answers what one
     /// `recv` gave, and many clients send without a terminator and without closing their side.
@@ -825,25 +847,54 @@ fn respond(request: &[u8], view: &dyn Fn() -> ApiView, allow: &[String]) -> Vec<
         }
         Form::Json => match parse_json(text) {
             Err(reply) => out = render_json(&reply, when),
-            Ok(command) if command.contains('+') => {
-                out.push('{');
-                for (n, part) in command.split('+').enumerate() {
-                    if n > 0 {
-                        out.push(',');
+            Ok(command) if command.contains('+') => match check_join(&command) {
+                Err(reply) => out = render_json(&reply, when),
+                Ok(()) => {
+                    out.push('{');
+                    for (n, part) in command.split('+').enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        json_str(part, &mut out);
+                        out.push_str(":[");
+                        out.push_str(&render_json(&answer_one(part, view, allow), when));
+                        out.push(']');
                     }
-                    json_str(part, &mut out);
-                    out.push_str(":[");
-                    out.push_str(&render_json(&answer_one(part, view, allow), when));
-                    out.push(']');
+                    out.push_str(",\"id\":1}");
                 }
-                out.push_str(",\"id\":1}");
-            }
+            },
             Ok(command) => out = render_json(&answer_one(&command, view, allow), when),
         },
     }
     let mut bytes = out.into_bytes();
     bytes.push(0);
     bytes
+}
+
+/// Refuses a join of more than [`MAX_JOINED`] commands or one that names a command twice: each
+/// part is a whole reply, so a short request must not multiply the work and the bytes.
+fn check_join(command: &str) -> Result<(), Reply> {
+    let mut seen: Vec<&str> = Vec::new();
+    for part in command.split('+') {
+        if seen.len() == MAX_JOINED {
+            return Err(Reply::error(
+                MSG_INVCMD,
+                format!("Too many joined commands (at most {MAX_JOINED})"),
+            ));
+        }
+        if seen.contains(&part) {
+            let mut name: String = part.chars().take(32).collect();
+            if name.len() < part.len() {
+                name.push('…');
+            }
+            return Err(Reply::error(
+                MSG_INVCMD,
+                format!("Joined command '{name}' repeated"),
+            ));
+        }
+        seen.push(part);
+    }
+    Ok(())
 }
 
 /// The command of a JSON request; the parameter is not used by any supported command.
@@ -875,7 +926,11 @@ enum Request {
     Silent,
 }
 
-async fn read_request(stream: &mut TcpStream, cfg: &ApiServerConfig) -> std::io::Result<Request> {
+async fn read_request(
+    stream: &mut TcpStream,
+    cfg: &ApiServerConfig,
+    phase: &AtomicU8,
+) -> std::io::Result<Request> {
     let deadline = tokio::time::Instant::now() + cfg.read_timeout;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
@@ -892,6 +947,7 @@ async fn read_request(stream: &mut TcpStream, cfg: &ApiServerConfig) -> std::io:
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) => return Ok(Request::Whole(buf)),
             Ok(Ok(n)) => {
+                phase.store(PHASE_PARTIAL, Ordering::Release);
                 buf.extend_from_slice(&chunk[..n]);
                 if buf.len() > MAX_REQUEST {
                     return Ok(Request::TooLarge(buf));
@@ -904,8 +960,16 @@ async fn read_request(stream: &mut TcpStream, cfg: &ApiServerConfig) -> std::io:
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, view: ViewSource, cfg: Arc<ApiServerConfig>) {
-    let reply = match read_request(&mut stream, &cfg).await {
+async fn serve_connection(
+    mut stream: TcpStream,
+    view: ViewSource,
+    cfg: Arc<ApiServerConfig>,
+    phase: Arc<AtomicU8>,
+) {
+    let request = read_request(&mut stream, &cfg, &phase).await;
+    // From here on the accept loop does not close this connection to make room.
+    phase.store(PHASE_ANSWERING, Ordering::Release);
+    let reply = match request {
         Ok(Request::Whole(req)) => respond(&req, &*view, &cfg.privileged_allow),
         Ok(Request::TooLarge(head)) => {
             let msg = format!("Request too large (over {MAX_REQUEST} bytes)");
@@ -923,8 +987,9 @@ async fn serve_connection(mut stream: TcpStream, view: ViewSource, cfg: Arc<ApiS
         }
         Ok(Request::Silent) | Err(_) => return,
     };
-    // A client that vanished mid-reply is its own problem; nothing to report.
-    if stream.write_all(&reply).await.is_ok() {
+    // A client that vanished mid-reply, or does not read it in time, is its own problem.
+    let written = tokio::time::timeout(cfg.read_timeout, stream.write_all(&reply)).await;
+    if matches!(written, Ok(Ok(()))) {
         let _ = stream.shutdown().await;
         // Closing with unread input makes the kernel send RST, which can destroy the reply in
         // flight; drain a little (bounded) so a slightly oversized request still gets its answer.
@@ -990,21 +1055,88 @@ impl Drop for ApiServer {
     }
 }
 
+/// A connection being served, as the accept loop tracks it.
+struct Slot {
+    /// When it was accepted.
+    since: tokio::time::Instant,
+    /// `PHASE_*`: what it is doing.
+    phase: Arc<AtomicU8>,
+    /// Its task; aborting it closes the socket and frees its permit.
+    task: tokio::task::AbortHandle,
+}
+
+/// When a slot may be closed to make room: never while answering.
+fn evictable_at(slot: &Slot, idle_gap: Duration) -> Option<tokio::time::Instant> {
+    match slot.phase.load(Ordering::Acquire) {
+        PHASE_SILENT => Some(slot.since + idle_gap),
+        PHASE_PARTIAL => Some(slot.since + idle_gap * PARTIAL_GRACE_GAPS),
+        _ => None,
+    }
+}
+
+/// Takes a connection permit. When none is free, the connection that may be closed soonest
+/// (sent nothing for `idle_gap`, or only part of a request for [`PARTIAL_GRACE_GAPS`] gaps) is
+/// closed to make room: a client that connects and says nothing must not hold a slot from one
+/// that asks (40 silent sockets held `summary` for 10 s before). Connections already answering
+/// are never cut; they end within the write deadline. `None` when the semaphore is closed.
+async fn take_permit(
+    limit: &Arc<Semaphore>,
+    slots: &mut VecDeque<Slot>,
+    idle_gap: Duration,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        if let Ok(permit) = limit.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        slots.retain(|s| !s.task.is_finished());
+        let soonest = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| evictable_at(s, idle_gap).map(|at| (at, i)))
+            .min();
+        let Some((evict_at, i)) = soonest else {
+            // Every slot is answering: one frees soon.
+            return limit.clone().acquire_owned().await.ok();
+        };
+        if tokio::time::Instant::now() >= evict_at {
+            if let Some(slot) = slots.remove(i) {
+                tracing::debug!("local API: closing a connection that sent no request");
+                slot.task.abort();
+            }
+            // The aborted task gives its permit back as soon as the runtime drops it.
+            return limit.clone().acquire_owned().await.ok();
+        }
+        tokio::select! {
+            permit = limit.clone().acquire_owned() => return permit.ok(),
+            () = tokio::time::sleep_until(evict_at) => {}
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, view: ViewSource, cfg: Arc<ApiServerConfig>) {
     let limit = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let mut slots: VecDeque<Slot> = VecDeque::new();
     loop {
-        // Taking the permit before accepting leaves excess clients in the backlog instead of
-        // spawning unbounded tasks.
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
+                // One accepted connection at most waits for its permit here; the others wait
+                // in the listen backlog instead of becoming unbounded tasks.
+                let Some(permit) = take_permit(&limit, &mut slots, cfg.idle_gap).await else {
+                    return;
+                };
                 let view = view.clone();
                 let cfg = cfg.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, view, cfg).await;
+                let phase = Arc::new(AtomicU8::new(PHASE_SILENT));
+                let task_phase = phase.clone();
+                let task = tokio::spawn(async move {
+                    serve_connection(stream, view, cfg, task_phase).await;
                     drop(permit);
+                });
+                slots.retain(|s| !s.task.is_finished());
+                slots.push_back(Slot {
+                    since: tokio::time::Instant::now(),
+                    phase,
+                    task: task.abort_handle(),
                 });
             }
             Err(e) => {

@@ -50,30 +50,67 @@ pub fn save(state_dir: &Path, config: &DesiredConfig) -> Result<(), DesiredError
     write_atomic(&path, &json, 0o600).map_err(|source| DesiredError::Io { path, source })
 }
 
+/// The file's bytes: `Ok(None)` when none was ever saved.
+fn read(path: &Path) -> Result<Option<Vec<u8>>, DesiredError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(DesiredError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut bytes = Vec::new();
+    if let Err(source) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
+        return Err(DesiredError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(DesiredError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("larger than {MAX_FILE_BYTES} bytes"),
+        });
+    }
+    Ok(Some(bytes))
+}
+
 /// Loads the last applied config: `Ok(None)` when none was ever saved, an error when the file
 /// is unreadable, too large, not JSON of the right shape, or fails [`DesiredConfig::validate`].
 pub fn load(state_dir: &Path) -> Result<Option<DesiredConfig>, DesiredError> {
     let path = state_dir.join(DESIRED_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(DesiredError::Io { path, source }),
+    let Some(bytes) = read(&path)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    if let Err(source) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
-        return Err(DesiredError::Io { path, source });
-    }
     let corrupt = |reason: String| DesiredError::Corrupt {
         path: path.clone(),
         reason,
     };
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(corrupt(format!("larger than {MAX_FILE_BYTES} bytes")));
-    }
     let config: DesiredConfig =
         serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
     config.validate().map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(config))
+}
+
+/// The last applied config as a reference for ordering new ones (issue 11, item 8): its version
+/// and, when the file still loads whole, its content hash. A file that no longer validates (or
+/// that the runtime could not start at boot) still names the version it was applied with, and
+/// a config below it must not replace it. `None` when nothing was saved or no version can be
+/// read at all.
+pub fn saved_reference(state_dir: &Path) -> Option<(u64, Option<String>)> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    if let Ok(Some(config)) = load(state_dir) {
+        return Some((config.version, Some(config.content_hash())));
+    }
+    let bytes = read(&state_dir.join(DESIRED_FILE)).ok()??;
+    let versioned: Versioned = serde_json::from_slice(&bytes).ok()?;
+    Some((versioned.version, None))
 }
 
 #[cfg(test)]
@@ -135,6 +172,22 @@ mod tests {
         std::fs::write(&path, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn the_saved_version_is_read_even_from_a_config_that_no_longer_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_reference(dir.path()), None);
+        save(dir.path(), &config()).unwrap();
+        assert_eq!(
+            saved_reference(dir.path()),
+            Some((7, Some(config().content_hash())))
+        );
+        let path = dir.path().join(DESIRED_FILE);
+        std::fs::write(&path, r#"{"version":9,"algorithm":"sha256d"}"#).unwrap();
+        assert_eq!(saved_reference(dir.path()), Some((9, None)));
+        std::fs::write(&path, "{ not json").unwrap();
+        assert_eq!(saved_reference(dir.path()), None);
     }
 
     #[test]

@@ -536,3 +536,93 @@ async fn from_config_off_starts_nothing() {
     let v = json(&ask(srv.local_addr(), br#"{"command":"quit"}"#).await);
     assert_eq!(v["STATUS"][0]["Code"], 14, "allowed, not supported yet");
 }
+
+/// Issue 11, item 21: a join names each command once and at most [`MAX_JOINED`] of them, so a
+/// 40-byte request cannot ask for the largest reply dozens of times; a sane join still works.
+#[tokio::test]
+async fn joined_commands_are_bounded_and_never_repeated() {
+    let srv = server_with(&[]).await;
+    let addr = srv.local_addr();
+    let single = ask(addr, br#"{"command":"stats"}"#).await.len();
+
+    let repeated = format!(r#"{{"command":"{}"}}"#, vec!["stats"; 75].join("+"));
+    let raw = ask(addr, repeated.as_bytes()).await;
+    let v = json(&raw);
+    assert_eq!(v["STATUS"][0]["STATUS"], "E", "{v}");
+    assert_eq!(v["STATUS"][0]["Code"], 14, "{v}");
+    let msg = v["STATUS"][0]["Msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("'stats' repeated"), "{msg}");
+    assert!(v.get("stats").is_none(), "nothing answered: {v}");
+    assert!(
+        raw.len() < 2 * single,
+        "{} bytes for one request",
+        raw.len()
+    );
+
+    // Two of the same is already refused.
+    let v = json(&ask(addr, br#"{"command":"summary+pools+summary"}"#).await);
+    assert_eq!(v["STATUS"][0]["Code"], 14, "{v}");
+
+    // Distinct but too many (every name once, more than the bound).
+    let names: Vec<String> = (0..=MAX_JOINED).map(|i| format!("c{i}")).collect();
+    let many = format!(r#"{{"command":"{}"}}"#, names.join("+"));
+    let v = json(&ask(addr, many.as_bytes()).await);
+    assert_eq!(v["STATUS"][0]["Code"], 14, "{v}");
+    let msg = v["STATUS"][0]["Msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("Too many joined commands"), "{msg}");
+
+    // What monitoring tools join is answered as before.
+    let v = json(
+        &ask(
+            addr,
+            br#"{"command":"summary+pools+devs+stats+version+config"}"#,
+        )
+        .await,
+    );
+    assert_eq!(v["summary"][0]["STATUS"][0]["Code"], 11, "{v}");
+    assert_eq!(v["stats"][0]["STATUS"][0]["Code"], 70, "{v}");
+    assert_eq!(v["config"][0]["STATUS"][0]["Code"], 33, "{v}");
+}
+
+/// Issue 11, item 21: sockets that connect and say nothing must not hold the API from clients
+/// that ask: with every slot taken by 40 silent sockets (and a read deadline of an hour), other
+/// clients are still answered, one after another and several at once.
+#[tokio::test]
+async fn silent_sockets_cannot_starve_the_api() {
+    let cfg = ApiServerConfig {
+        max_connections: 4,
+        read_timeout: Duration::from_secs(3600),
+        ..ApiServerConfig::default()
+    };
+    let srv = ApiServer::start(
+        "127.0.0.1:0".parse().expect("BUG: literal address"),
+        Arc::new(fixed_view),
+        cfg,
+    )
+    .await
+    .expect("bind loopback");
+    let addr = srv.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // `ask` allows 5 s for each reply: before this fix the first one waited for an hour.
+    for _ in 0..5 {
+        let secs = text_sections(&ask(addr, b"summary").await);
+        assert_eq!(get(&secs[0], "Code"), "11");
+    }
+    let askers: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { ask(addr, br#"{"command":"summary"}"#).await }))
+        .collect();
+    for asker in askers {
+        let v = json(&asker.await.expect("asker ran"));
+        assert_eq!(v["STATUS"][0]["Code"], 11, "{v}");
+    }
+    // Silent sockets opened later are closed in turn; the API keeps answering.
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let secs = text_sections(&ask(addr, b"version").await);
+    assert_eq!(get(&secs[0], "Code"), "22");
+    drop(silent);
+}
