@@ -42,6 +42,44 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Rewrites profiles and desired configs whose pool passwords are still plain text (rows
+    /// from before sealing) with them sealed; returns how many rows changed. A row changed
+    /// meanwhile by someone else is left to its new writer (compare and set).
+    pub(crate) async fn seal_plaintext_configs(&self) -> Result<u64, StoreError> {
+        let plain = |c: &DesiredConfig| {
+            c.pools
+                .iter()
+                .any(|p| !p.password.is_empty() && !crate::secrets::is_sealed(&p.password))
+        };
+        let mut changed = 0;
+        let profiles: Vec<(i64, String)> = dispatch!(self, p => sqlx::query_as(
+            "SELECT id, config_json FROM profiles").fetch_all(p).await?);
+        for (id, json) in profiles {
+            if !plain(&parse_config(&json)?) {
+                continue;
+            }
+            let sealed = self.sealed_json(&self.open_config(&json)?)?;
+            changed += dispatch!(self, p => sqlx::query(
+                "UPDATE profiles SET config_json = $2 WHERE id = $1 AND config_json = $3")
+                .bind(id).bind(&sealed).bind(&json).execute(p).await?.rows_affected());
+        }
+        let desired: Vec<(i64, i64, String)> = dispatch!(self, p => sqlx::query_as(
+            "SELECT rig_id, version, config_json FROM desired_configs").fetch_all(p).await?);
+        for (rig_id, version, json) in desired {
+            if !plain(&parse_config(&json)?) {
+                continue;
+            }
+            let sealed = self.sealed_json(&self.open_config(&json)?)?;
+            changed += dispatch!(self, p => sqlx::query(
+                "UPDATE desired_configs SET config_json = $3
+                 WHERE rig_id = $1 AND version = $2 AND config_json = $4")
+                .bind(rig_id).bind(version).bind(&sealed).bind(&json).execute(p).await?.rows_affected());
+        }
+        Ok(changed)
+    }
+}
+
 fn profile_from(s: &Store, r: &impl RowExt) -> Result<ProfileRow, StoreError> {
     Ok(ProfileRow {
         id: r.i64("id")?,
@@ -395,6 +433,26 @@ mod tests {
                     .pools[0]
                     .password,
                 "pool-secret-pw"
+            );
+            // Sealing the rows from before at start: both are rewritten once, and read the same.
+            let raw = |table: &'static str| {
+                let s = s.clone();
+                async move {
+                    let sql = format!("SELECT config_json FROM {table}");
+                    dispatch!(s, p => sqlx::query_scalar::<_, String>(&sql).fetch_all(p).await.unwrap())
+                }
+            };
+            assert!(raw("profiles").await[0].contains("pool-secret-pw"));
+            assert_eq!(s.seal_plaintext_configs().await.unwrap(), 2);
+            assert_eq!(s.seal_plaintext_configs().await.unwrap(), 0);
+            for table in ["profiles", "desired_configs"] {
+                let json = &raw(table).await[0];
+                assert!(!json.contains("pool-secret-pw"), "{json}");
+            }
+            assert_eq!(
+                s.desired_config(rig).await.unwrap().unwrap(),
+                old,
+                "the same config, version and hash"
             );
             let new = s.set_desired_config(rig, &c, None, 2).await.unwrap();
             assert_eq!(new.content_hash, old.content_hash);

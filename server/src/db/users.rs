@@ -96,6 +96,32 @@ impl Store {
         Ok(user)
     }
 
+    /// Seals the secrets still stored in plain text by versions before sealing (TOTP secrets,
+    /// pool passwords in profiles and desired configs), once: a setting records that it was
+    /// done. Returns how many rows were rewritten. Without a secrets key, nothing happens.
+    pub async fn seal_plaintext_secrets(&self) -> Result<u64, StoreError> {
+        const DONE: &str = "secrets.sealed_v1";
+        if self.secrets.is_none() || self.get_setting(DONE).await?.is_some() {
+            return Ok(0);
+        }
+        let mut changed = 0;
+        let rows: Vec<(i64, String)> = dispatch!(self, p => sqlx::query_as(
+            "SELECT id, totp_secret FROM users WHERE totp_secret IS NOT NULL")
+            .fetch_all(p).await?);
+        for (id, stored) in rows {
+            if crate::secrets::is_sealed(&stored) {
+                continue;
+            }
+            let sealed = self.seal_secret(&totp_purpose(id), &stored)?;
+            changed += dispatch!(self, p => sqlx::query(
+                "UPDATE users SET totp_secret = $2 WHERE id = $1 AND totp_secret = $3")
+                .bind(id).bind(&sealed).bind(&stored).execute(p).await?.rows_affected());
+        }
+        changed += self.seal_plaintext_configs().await?;
+        self.set_setting(DONE, &now_ms().to_string()).await?;
+        Ok(changed)
+    }
+
     /// Seals a secret for storage with the server's secrets key (as given without one).
     pub(crate) fn seal_secret(&self, purpose: &str, plain: &str) -> Result<String, StoreError> {
         match &self.secrets {
@@ -634,6 +660,24 @@ mod tests {
             ));
             // Without the key, a sealed secret is an error, never used as a secret.
             assert!(db.store.user_by_id(id).await.is_err());
+            // Rows from before sealing are sealed once at start.
+            let third = s.create_user("sid", "h", Role::Admin).await.unwrap();
+            db.store
+                .set_user_totp(third, Some("GEZDGNBV"), 1)
+                .await
+                .unwrap();
+            assert_eq!(s.seal_plaintext_secrets().await.unwrap(), 1);
+            assert_eq!(s.seal_plaintext_secrets().await.unwrap(), 0);
+            assert!(db.store.user_by_id(third).await.is_err(), "sealed now");
+            assert_eq!(
+                s.user_by_id(third)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .totp_secret
+                    .as_deref(),
+                Some("GEZDGNBV")
+            );
             db.cleanup().await;
         }
     }

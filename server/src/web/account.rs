@@ -980,3 +980,51 @@ pub async fn user_delete(
         .await,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Item 15 (timing): an unknown name is checked against a dummy hash with the parameters of
+    /// real ones, so it costs one argon2 verification as a known name does (counted, not
+    /// timed).
+    #[tokio::test]
+    async fn unknown_names_cost_one_argon2_check_like_known_ones() {
+        let db = crate::db::test_db::TestDb::sqlite().await.unwrap();
+        let s = &db.store;
+        let hash = crate::startup::hash_password("right-password-1").unwrap();
+        s.create_user("kim", &hash, Role::Viewer).await.unwrap();
+        // The dummy has the cost of a real hash: same algorithm, version and parameters.
+        let real = PasswordHash::new(&hash).unwrap();
+        let dummy = PasswordHash::new(dummy_hash()).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(dummy.params, real.params);
+        for (name, password, ok) in [
+            ("kim", "right-password-1", true),
+            ("kim", "wrong-password", false),
+            ("nobody", "wrong-password", false),
+            ("", "wrong-password", false),
+            (&"x".repeat(65)[..], "wrong-password", false),
+        ] {
+            let before = PASSWORD_CHECKS.load(Ordering::SeqCst);
+            let user = check_login(s, name, password).await.unwrap();
+            assert_eq!(user.is_some(), ok, "{name}");
+            assert!(
+                PASSWORD_CHECKS.load(Ordering::SeqCst) > before,
+                "{name:?} got an argon2 check"
+            );
+        }
+        db.cleanup().await;
+    }
+
+    #[test]
+    fn second_factor_locks_grow_and_are_capped() {
+        assert_eq!(totp_lock_ms(TOTP_MAX_FAILURES - 1), 0);
+        assert_eq!(totp_lock_ms(TOTP_MAX_FAILURES), TOTP_FIRST_LOCK_MS);
+        assert_eq!(totp_lock_ms(TOTP_MAX_FAILURES + 1), 2 * TOTP_FIRST_LOCK_MS);
+        assert_eq!(totp_lock_ms(TOTP_MAX_FAILURES + 40), TOTP_MAX_LOCK_MS);
+        assert_eq!(totp_lock_ms(i64::MAX), TOTP_MAX_LOCK_MS);
+    }
+}

@@ -191,7 +191,7 @@ pub fn recovery_matches(stored: &str, code: &str) -> bool {
 }
 
 fn base16(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
+    if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
     (0..s.len())
