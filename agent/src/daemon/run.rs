@@ -95,6 +95,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     init_tracing();
     // Owner-only: it will hold the private key and pool passwords.
     create_private_dir(&config.state_dir).context("cannot create the state folder")?;
+    // One that existed already keeps its mode: say so when others may read or enter it.
+    if let Ok(meta) = std::fs::metadata(&config.state_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                folder = %config.state_dir.display(),
+                mode = %format!("{mode:o}"),
+                "The state folder is open to its group or to everyone: chmod 700 it"
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
