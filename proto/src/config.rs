@@ -156,7 +156,7 @@ impl DesiredConfig {
                     "listed twice".into(),
                 );
             }
-            let ranges: [(&str, &'static str, Option<u32>, (u32, u32)); 5] = [
+            let ranges: [RangeCheck; 5] = [
                 (
                     "power_limit_watts",
                     "devices.power_limit_watts",
@@ -220,6 +220,9 @@ pub const FAN_PERCENT: (u32, u32) = (0, 100);
 pub const THREADS: (u32, u32) = (1, 4_096);
 /// Allowed telemetry interval (s), as the server's own setting.
 pub const TELEMETRY_INTERVAL_SECS: (u32, u32) = (1, 3_600);
+
+/// A device number's field, its kind, its value and its allowed range.
+type RangeCheck = (&'static str, &'static str, Option<u32>, (u32, u32));
 
 fn out_of(value: Option<u32>, (min, max): (u32, u32)) -> Option<String> {
     value

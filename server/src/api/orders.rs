@@ -40,7 +40,11 @@ pub async fn get_config(
     Path(uid): Path<String>,
 ) -> Result<Json<ConfigView>, ApiFailure> {
     // Pool passwords and wallets are in here.
-    caller.require(Scope::Write)?;
+    if !super::auth::may_see_wallets(caller.level) {
+        return Err(ApiFailure::forbidden(
+            "configs hold wallets and pool passwords: this needs the write scope",
+        ));
+    }
     let row = find_rig(&state, &uid).await?;
     let d = state
         .hub

@@ -54,7 +54,12 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<ProfileView>>, ApiFailure> {
-    caller.require(Scope::Write)?;
+    // Profiles hold wallets and pool passwords.
+    if !super::auth::may_see_wallets(caller.level) {
+        return Err(ApiFailure::forbidden(
+            "profiles hold wallets and pool passwords: this needs the write scope",
+        ));
+    }
     let rows = state.hub.store.list_profiles().await?;
     Ok(Json(rows.into_iter().map(ProfileView::from).collect()))
 }

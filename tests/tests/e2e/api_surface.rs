@@ -469,7 +469,16 @@ async fn every_api_error_is_json_and_one_body_rule_holds() {
     let json = ("Content-Type", JSON);
 
     let big = format!(r#"{{"note":"{}"}}"#, "x".repeat(2 << 20));
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    // (method, path, headers, body, status, code)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        String,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/v1/nope".into(),
