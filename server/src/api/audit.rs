@@ -110,16 +110,10 @@ fn config_parts(c: &DesiredConfig) -> [(&'static str, String); 4] {
     ]
 }
 
-/// The audit text of a config change: the new version and hash, then each part that changed as
-/// `before → after` (a rig's first config shows `none → …`), then whether the rig got it now.
-/// Pool passwords never appear (not even whether they changed, which would hint at them).
-pub fn config_change_detail(
-    before: Option<&DesiredConfig>,
-    after: &DesiredConfig,
-    version: u64,
-    content_hash: &str,
-    pushed: bool,
-) -> String {
+/// Each part of a config that changed, as `part before → after` (everything is new when
+/// there was no config: `part none → …`). Pool passwords never appear (not even whether they
+/// changed, which would hint at them).
+pub fn config_diff(before: Option<&DesiredConfig>, after: &DesiredConfig) -> String {
     let new = config_parts(after);
     let mut changes = Vec::new();
     match before {
@@ -139,10 +133,22 @@ pub fn config_change_detail(
     if changes.is_empty() {
         changes.push("no visible change (pool passwords only, or the same content)".into());
     }
+    changes.join("; ")
+}
+
+/// The audit text of a rig's config change: the new version and hash, the [`config_diff`],
+/// then whether the rig got it now.
+pub fn config_change_detail(
+    before: Option<&DesiredConfig>,
+    after: &DesiredConfig,
+    version: u64,
+    content_hash: &str,
+    pushed: bool,
+) -> String {
     format!(
         "version {version} hash {}: {}{}",
         content_hash.get(..12).unwrap_or(content_hash),
-        changes.join("; "),
+        config_diff(before, after),
         if pushed {
             ""
         } else {

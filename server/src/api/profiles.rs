@@ -78,17 +78,24 @@ pub async fn put(
         return Err(ApiFailure::bad_request("name must be 1 to 64 characters"));
     }
     let config = super::orders::config_from_json(req.config, "config.")?;
+    let before = state.hub.store.profile_by_name(&name).await?;
     let row = state
         .hub
         .store
         .upsert_profile(&name, &config, req.is_default)
         .await?;
+    // The same before/after as a rig's config change (pools' URLs and wallets, never their
+    // passwords).
     audit(
         &state,
         &caller,
         "profile.put",
         &name,
-        &format!("default={}", req.is_default),
+        &format!(
+            "default={}: {}",
+            req.is_default,
+            super::audit::config_diff(before.as_ref().map(|p| &p.config), &row.config)
+        ),
     )
     .await;
     Ok(Json(row.into()))

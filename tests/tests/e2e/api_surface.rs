@@ -450,6 +450,27 @@ async fn config_changes_are_audited_alike_with_before_and_after() {
             "{d}"
         );
     }
+    // A profile's change is described the same way.
+    let profile = format!(r#"{{"config":{first}}}"#);
+    let (status, body) = ts.send("PUT", "/api/v1/profiles/main", &profile).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ts
+        .send(
+            "PUT",
+            "/api/v1/profiles/main",
+            &profile.replace("wallet.one", "wallet.four"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let audit = ts.server.hub.store.list_audit(1, None).await.unwrap();
+    assert_eq!(audit[0].action, "profile.put");
+    assert!(
+        audit[0].detail.contains(
+            "pools [stratum+tcp://127.0.0.1:3333 wallet.one] → [stratum+tcp://127.0.0.1:3333 wallet.four]"
+        ) && !audit[0].detail.contains("poolsecret"),
+        "{}",
+        audit[0].detail
+    );
     ts.finish().await;
 }
 
