@@ -254,6 +254,74 @@ async fn handshake_authenticates_and_acks_drain_the_queue() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
 
+/// Issue 11, item 7: a TLS-terminating proxy holds a signed order back until it expired and
+/// forges `welcome`'s unsigned offset to make it look fresh; the agent judges expiry with the
+/// server time signed over its own nonce and refuses it. A welcome without a signed time is
+/// refused outright.
+#[tokio::test]
+async fn an_order_held_back_past_its_expiry_is_refused_whatever_the_unsigned_offset_says() {
+    let fake = FakeServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    enroll(&enroll_options(&fake, dir.path()))
+        .await
+        .expect("enrolls");
+    // The server's clock is 10 minutes ahead of the rig's; the forged offset says an hour behind.
+    fake.state().clock_ahead_ms = 600_000;
+    fake.state().forged_offset_ms = Some(-3_600_000);
+    let f = fake.clone();
+    with_daemon(dir.path(), async move {
+        assert!(f.wait_for(WAIT, |s| s.auth_ok >= 1).await);
+        let rig = f.state().agents[0].2.clone();
+        // Valid for 5 minutes from the rig's clock, so expired 5 minutes ago on the server's.
+        let held_back = f.order(
+            OrderKind::SetConfig,
+            &rig,
+            1,
+            now_unix_ms() + 300_000,
+            &config_payload(1, "", Some(1)),
+        );
+        f.send_all(ServerMessage::SetConfig(held_back));
+        assert!(
+            f.wait_for(WAIT, |s| {
+                s.events
+                    .iter()
+                    .any(|e| e.kind == "order_refused" && e.message.contains("expired"))
+            })
+            .await,
+            "{:?}",
+            f.state().events
+        );
+        // A fresh order (on the server's clock) still goes through.
+        let fresh = f.order(
+            OrderKind::SetConfig,
+            &rig,
+            2,
+            now_unix_ms() + 600_000 + 60_000,
+            &config_payload(1, "", Some(1)),
+        );
+        f.send_all(ServerMessage::SetConfig(fresh));
+        assert!(f.wait_for(WAIT, |s| s.applied.iter().any(|a| a.ok)).await);
+        assert!(f.state().applied.iter().all(|a| a.version == 1));
+    })
+    .await;
+
+    // A server (or proxy) that sends no signed time is not trusted with the clock.
+    let fake = FakeServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    enroll(&enroll_options(&fake, dir.path()))
+        .await
+        .expect("enrolls");
+    fake.state().unsigned_welcome = true;
+    let f = fake.clone();
+    with_daemon(dir.path(), async move {
+        assert!(f.wait_for(WAIT, |s| s.connections >= 1).await);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Welcomed by the fake, but the agent dropped the link: it sends no telemetry.
+        assert!(f.state().samples.is_empty());
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn queue_overflow_during_an_outage_is_reported_as_an_event() {
     let fake = FakeServer::start().await;
@@ -827,6 +895,7 @@ async fn twenty_simulated_agents_enroll_stream_and_answer_orders() {
         enroll_concurrency: 8,
         timings: LinkTimings::fast(),
         status_every: Duration::from_secs(1),
+        faults: Default::default(),
     };
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let f = fake.clone();
@@ -904,6 +973,7 @@ async fn many_simulated_agents() {
         enroll_concurrency: 16,
         timings: LinkTimings::default(),
         status_every: Duration::from_secs(5),
+        faults: Default::default(),
     };
     let f = fake.clone();
     let started = std::time::Instant::now();

@@ -63,6 +63,9 @@ pub struct FakeState {
     /// Send `welcome` without the signed time (a server older than the agent, or a proxy
     /// that stripped it).
     pub unsigned_welcome: bool,
+    /// Put this in `welcome`'s unsigned `clock_offset_ms` instead of the truth (a proxy
+    /// forging the offset so that an order it held back looks fresh).
+    pub forged_offset_ms: Option<i64>,
     controls: Vec<(RigId, mpsc::UnboundedSender<Ctl>)>,
 }
 
@@ -356,7 +359,7 @@ impl FakeServer {
             return;
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (conn, interval, clock_ahead_ms, unsigned) = {
+        let (conn, interval, clock_ahead_ms, unsigned, forged) = {
             let mut st = self.state();
             st.auth_ok += 1;
             st.connections += 1;
@@ -373,6 +376,7 @@ impl FakeServer {
                 st.interval_secs,
                 st.clock_ahead_ms,
                 st.unsigned_welcome,
+                st.forged_offset_ms,
             )
         };
         let server_time = crate::daemon::link::now_unix_ms() + clock_ahead_ms;
@@ -390,7 +394,7 @@ impl FakeServer {
         });
         let welcome = ServerMessage::Welcome(Welcome {
             telemetry_interval_secs: interval,
-            clock_offset_ms: clock_ahead_ms,
+            clock_offset_ms: forged.unwrap_or(clock_ahead_ms),
             server_time_unix_ms: time_sig.as_ref().map(|_| server_time),
             time_sig,
         });

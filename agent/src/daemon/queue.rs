@@ -360,12 +360,19 @@ impl TelemetryQueue {
                 FsyncPolicy::Never => Ok(()),
             });
         if let Err(source) = written {
-            // Cut off whatever part made it, so later appends do not follow a torn record; if
-            // even that fails, stop appending to this file (recovery truncates it on open).
-            if file.set_len(seg.end).is_err() {
+            let path = seg.path.clone();
+            if seg.records.is_empty() {
+                // A segment made for this record holds nothing: forget it, so the next append
+                // starts its own (it would otherwise share this name and be deleted with it).
+                self.active = None;
+                self.segments.pop_back();
+                let _ = std::fs::remove_file(&path);
+            } else if file.set_len(seg.end).is_err() {
+                // Cut off whatever part made it, so later appends do not follow a torn record;
+                // if even that fails, stop appending to this file (recovery truncates it).
                 self.active = None;
             }
-            return Err(io_err(&seg.path, source));
+            return Err(io_err(&path, source));
         }
         seg.records.push(RecordPos {
             seq,
@@ -856,6 +863,62 @@ mod tests {
                 unqueued_total: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_full_disk_loses_the_sample_not_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = TelemetryQueue::open(dir.path(), opts(100, 1)).expect("open");
+        let stream = q.stream_id().to_string();
+        assert_eq!(stream.len(), 32);
+        fill(&mut q, 2);
+        // The next segment lands on a device that is always full.
+        let next = dir
+            .path()
+            .join(format!("{:020}{SEGMENT_SUFFIX}", q.next_seq()));
+        std::os::unix::fs::symlink("/dev/full", &next).expect("symlink");
+        assert!(matches!(q.push(sample(9)), Err(QueueError::Io { .. })));
+        q.record_unqueued();
+        assert_eq!(q.loss().unqueued_total, 1);
+        // The queue already removed the empty segment it had made there.
+        assert!(std::fs::symlink_metadata(&next).is_err());
+        // Space again: the seq the failed sample never got goes to the next one, no gap.
+        fill(&mut q, 2);
+        assert_eq!(seqs(&q.pending(100).expect("pending")), [1, 2, 3, 4]);
+        q.ack(1).expect("ack");
+        drop(q);
+        let q = TelemetryQueue::open(dir.path(), opts(100, 1)).expect("reopen");
+        assert_eq!(seqs(&q.pending(100).expect("pending")), [2, 3, 4]);
+        assert_eq!(
+            (q.stream_id(), q.loss().unqueued_total),
+            (stream.as_str(), 1)
+        );
+    }
+
+    #[test]
+    fn a_queue_without_its_state_starts_a_new_stream_at_its_first_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = TelemetryQueue::open(dir.path(), opts(100, 2)).expect("open");
+        let first = q.stream_id().to_string();
+        fill(&mut q, 5);
+        q.ack(2).expect("ack");
+        drop(q);
+        std::fs::remove_file(dir.path().join(META_FILE)).expect("remove state");
+        let q = TelemetryQueue::open(dir.path(), opts(100, 2)).expect("reopen");
+        assert_ne!(q.stream_id(), first);
+        // The records left start the new stream; what came before is declared gone.
+        let pending = seqs(&q.pending(100).expect("pending"));
+        assert_eq!(pending.last(), Some(&5));
+        assert_eq!(q.loss().dropped_through_seq, pending[0] - 1);
+        // A queue made before streams keeps the legacy (empty) stream id.
+        let legacy = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            legacy.path().join(META_FILE),
+            r#"{"next_seq":8,"acked_seq":7,"dropped_total":0,"dropped_through_seq":0}"#,
+        )
+        .expect("write");
+        let q = TelemetryQueue::open(legacy.path(), opts(100, 2)).expect("open legacy");
+        assert_eq!((q.stream_id(), q.next_seq()), ("", 8));
     }
 
     #[test]

@@ -141,7 +141,9 @@ async fn steady_state_size_per_rig() {
             let batch: Vec<StreamSamples<'_>> = rigs
                 .iter()
                 .enumerate()
-                .map(|(r, &rig_id)| plain(rig_id, streams[r], chunk.iter().map(|per_rig| &per_rig[r])))
+                .map(|(r, &rig_id)| {
+                    plain(rig_id, streams[r], chunk.iter().map(|per_rig| &per_rig[r]))
+                })
                 .collect();
             s.write_samples(&batch, &mut slots, 0).await.unwrap();
         }

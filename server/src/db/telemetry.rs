@@ -543,9 +543,19 @@ impl Store {
         let span = to_ms - from_ms;
         if span <= RAW_RANGE_MS {
             let (baseline, rows) = dispatch!(self, p => {
-                let base: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1")
-                    .bind(rig_id).bind(from_ms).fetch_optional(p).await?;
+                let raw: Option<(i64, Vec<u8>)> = sqlx::query(
+                    "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms < $2 ORDER BY ts_ms DESC, stream_id DESC, seq DESC LIMIT 1")
+                    .bind(rig_id).bind(from_ms).fetch_optional(p).await?
+                    .map(|r| Ok::<_, StoreError>((r.i64("ts_ms")?, r.bytes("data")?))).transpose()?;
+                // The newest sample retention removed counts when no newer raw row precedes.
+                let kept: Option<(i64, Vec<u8>)> = sqlx::query(
+                    "SELECT base_ts_ms, base_data FROM telemetry_pruned WHERE rig_id = $1 AND base_ts_ms < $2")
+                    .bind(rig_id).bind(from_ms).fetch_optional(p).await?
+                    .map(|r| Ok::<_, StoreError>((r.i64("base_ts_ms")?, r.bytes("base_data")?))).transpose()?;
+                let base = match (raw, kept) {
+                    (Some(r), Some(k)) => Some(if k.0 > r.0 { k.1 } else { r.1 }),
+                    (r, k) => r.or(k).map(|(_, d)| d),
+                };
                 let rows = sqlx::query(
                     "SELECT ts_ms, data FROM telemetry_raw WHERE rig_id = $1 AND ts_ms >= $2 AND ts_ms <= $3 ORDER BY ts_ms, stream_id, seq")
                     .bind(rig_id).bind(from_ms).bind(to_ms).fetch_all(p).await?;
@@ -670,7 +680,12 @@ pub(crate) mod tests {
 
     /// The rig's legacy stream (agents before streams), created when missing.
     pub(crate) async fn legacy_stream(s: &Store, rig_id: i64) -> i64 {
-        s.telemetry_stream(rig_id, "", 0).await.unwrap().unwrap().0.id
+        s.telemetry_stream(rig_id, "", 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .id
     }
 
     /// Samples stored at their own time, the stream's mark moved to the highest seq.

@@ -7,6 +7,6 @@ mod writer;
 
 pub use maintenance::spawn_maintenance;
 pub use writer::{
-    server_time, spawn_writer, IngestBatch, LinkIngest, WriterClosed, WriterHandle,
-    WriterMetrics, WriterOptions, DEFAULT_MAX_CLOCK_SKEW,
+    server_time, spawn_writer, IngestBatch, LinkIngest, WriterClosed, WriterHandle, WriterMetrics,
+    WriterOptions, DEFAULT_MAX_CLOCK_SKEW,
 };

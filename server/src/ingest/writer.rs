@@ -249,7 +249,12 @@ fn now_ms() -> i64 {
 
 /// A sample's time on the server's clock: the agent's time corrected by the handshake offset,
 /// or the arrival time (flagged) when that is further than `bound` from it.
-pub fn server_time(agent_ms: i64, offset_ms: i64, received_ms: i64, bound: Duration) -> (i64, bool) {
+pub fn server_time(
+    agent_ms: i64,
+    offset_ms: i64,
+    received_ms: i64,
+    bound: Duration,
+) -> (i64, bool) {
     let corrected = agent_ms.saturating_add(offset_ms);
     let bound = i64::try_from(bound.as_millis()).unwrap_or(i64::MAX);
     if corrected.abs_diff(received_ms) > bound.unsigned_abs() {
@@ -620,7 +625,10 @@ mod tests {
     }
 
     fn stored(v: &[(String, u64)], stream: &str) -> Vec<u64> {
-        v.iter().filter(|(s, _)| s == stream).map(|(_, q)| *q).collect()
+        v.iter()
+            .filter(|(s, _)| s == stream)
+            .map(|(_, q)| *q)
+            .collect()
     }
 
     #[tokio::test]
@@ -642,9 +650,30 @@ mod tests {
             assert_eq!(ack(&w, rig, seqs(1..=2)).await.unwrap(), 2);
             let fault = fail_seqs(s, 3..=5).await;
             let link = LinkIngest::new();
-            let failing = send_from(&w, rig, seqs(3..=5), From { link: link.clone(), ..From::default() }).await;
-            let queued = send_from(&w, rig, seqs(6..=8), From { link: link.clone(), ..From::default() }).await;
-            assert!(matches!(failing.await.unwrap(), Err(StoreError::BatchFailed(_))));
+            let failing = send_from(
+                &w,
+                rig,
+                seqs(3..=5),
+                From {
+                    link: link.clone(),
+                    ..From::default()
+                },
+            )
+            .await;
+            let queued = send_from(
+                &w,
+                rig,
+                seqs(6..=8),
+                From {
+                    link: link.clone(),
+                    ..From::default()
+                },
+            )
+            .await;
+            assert!(matches!(
+                failing.await.unwrap(),
+                Err(StoreError::BatchFailed(_))
+            ));
             // The batch queued behind the failure is not committed either.
             assert!(queued.await.unwrap().is_err());
             assert!(link.failed());
@@ -683,10 +712,7 @@ mod tests {
             let s = &db.store;
             let rig = one_rig(s, "a", 1).await;
             let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
-            let same = vec![
-                sample(1, 5_000_000, 1, 1),
-                sample(2, 5_000_000, 1, 2),
-            ];
+            let same = vec![sample(1, 5_000_000, 1, 1), sample(2, 5_000_000, 1, 2)];
             assert_eq!(ack(&w, rig, same.clone()).await.unwrap(), 2);
             assert_eq!(s.raw_seq_stats(rig).await.unwrap(), (2, Some(1), Some(2)));
             // Resending them is a duplicate by seq, not by time.
@@ -703,17 +729,29 @@ mod tests {
             let s = &db.store;
             let rig = one_rig(s, "a", 1).await;
             let w = spawn_writer(s.clone(), opts(20), WriterMetrics::unregistered());
-            let a = || From { stream: "queue-a", ..From::default() };
-            let b = || From { stream: "queue-b", ..From::default() };
+            let a = || From {
+                stream: "queue-a",
+                ..From::default()
+            };
+            let b = || From {
+                stream: "queue-b",
+                ..From::default()
+            };
             assert_eq!(ack_from(&w, rig, seqs(1..=5), a()).await.unwrap(), 5);
             // The agent's queue was wiped: seqs start again at 1 in a new stream.
             assert_eq!(ack_from(&w, rig, seqs(1..=3), b()).await.unwrap(), 3);
             assert_eq!(ack_from(&w, rig, seqs(1..=3), b()).await.unwrap(), 3);
             let all = s.stored_seqs(rig).await.unwrap();
-            assert_eq!((stored(&all, "queue-a"), stored(&all, "queue-b")), (vec![1, 2, 3, 4, 5], vec![1, 2, 3]));
+            assert_eq!(
+                (stored(&all, "queue-a"), stored(&all, "queue-b")),
+                (vec![1, 2, 3, 4, 5], vec![1, 2, 3])
+            );
             let streams = s.telemetry_streams(rig).await.unwrap();
             assert_eq!(
-                streams.iter().map(|st| (st.stream_uid.as_str(), st.committed_seq)).collect::<Vec<_>>(),
+                streams
+                    .iter()
+                    .map(|st| (st.stream_uid.as_str(), st.committed_seq))
+                    .collect::<Vec<_>>(),
                 [("queue-a", 5), ("queue-b", 3)]
             );
             w.shutdown().await;
@@ -731,7 +769,10 @@ mod tests {
             assert_eq!(ack(&w, rig, seqs(1..=2)).await.unwrap(), 2);
             // 4 was stored out of order; the agent then drops 3..5 from its full queue.
             assert_eq!(ack(&w, rig, seqs(4..=4)).await.unwrap(), 2);
-            let dropped = From { dropped_through: Some(5), ..From::default() };
+            let dropped = From {
+                dropped_through: Some(5),
+                ..From::default()
+            };
             assert_eq!(ack_from(&w, rig, seqs(6..=7), dropped).await.unwrap(), 7);
             assert_eq!(m.samples_dropped_by_agents.get(), 2);
             let streams = s.telemetry_streams(rig).await.unwrap();
@@ -766,7 +807,11 @@ mod tests {
                 sample(4, now - hour - 10_000, 1, 4),
             ];
             batch.sort_by_key(|x| x.seq);
-            let from = From { clock_offset_ms: hour, received_ms: now, ..From::default() };
+            let from = From {
+                clock_offset_ms: hour,
+                received_ms: now,
+                ..From::default()
+            };
             assert_eq!(ack_from(&w, rig, batch, from).await.unwrap(), 4);
             assert_eq!(
                 s.raw_times(rig).await.unwrap(),

@@ -112,7 +112,9 @@ pub fn verify_server_time(
     server_key
         .verify_strict(&bytes, &Signature::from_bytes(&sig))
         .map_err(|_| {
-            LinkError::Protocol("welcome's server time is not signed by the pinned server key".into())
+            LinkError::Protocol(
+                "welcome's server time is not signed by the pinned server key".into(),
+            )
         })?;
     Ok(time)
 }
@@ -147,12 +149,16 @@ mod tests {
         let nonce = [1u8; 32];
         let sign = |k: &SigningKey, nonce: &[u8; 32], t: i64| {
             rigfleet_engine::hex::encode(
-                &k.sign(&server_time_signing_bytes(nonce, &agent, t)).to_bytes(),
+                &k.sign(&server_time_signing_bytes(nonce, &agent, t))
+                    .to_bytes(),
             )
         };
         let key = server.verifying_key();
         let good = welcome(Some(5_000), Some(sign(&server, &nonce, 5_000)));
-        assert_eq!(verify_server_time(&good, &nonce, &agent, &key).unwrap(), 5_000);
+        assert_eq!(
+            verify_server_time(&good, &nonce, &agent, &key).unwrap(),
+            5_000
+        );
         // A proxy moving the time, replaying a signature made for another connection's nonce,
         // signing with its own key, or removing the signature is refused.
         let moved = welcome(Some(4_000), Some(sign(&server, &nonce, 5_000)));
@@ -160,7 +166,10 @@ mod tests {
         let forged = welcome(Some(5_000), Some(sign(&other, &nonce, 5_000)));
         let stripped = welcome(None, None);
         for w in [moved, replayed, forged, stripped] {
-            assert!(verify_server_time(&w, &nonce, &agent, &key).is_err(), "{w:?}");
+            assert!(
+                verify_server_time(&w, &nonce, &agent, &key).is_err(),
+                "{w:?}"
+            );
         }
     }
 }
