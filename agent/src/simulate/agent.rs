@@ -1,9 +1,10 @@
 //! One simulated agent: the real link, handshake, batching and order checks, over a synthetic
 //! rig and an in-memory sample store.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rigfleet_proto::agent_to_server::{
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::synth::SynthRig;
+use super::AgentReport;
 use crate::daemon::identity::{rollover_key, Identity};
 use crate::daemon::link::backoff::Jitter;
 use crate::daemon::link::orders::{admit, payload_error, refusal_event, MemoryCounters};
@@ -44,6 +46,8 @@ pub struct SimStats {
     pub commands: AtomicU64,
     /// Orders refused.
     pub orders_refused: AtomicU64,
+    /// Sample taken → acknowledged, in ms, for every sample taken live (not the backlog).
+    pub ack_latencies_ms: Mutex<Vec<u32>>,
 }
 
 /// What every simulated agent shares.
@@ -61,6 +65,14 @@ pub struct SimShared {
     pub devices: usize,
     /// Counters.
     pub stats: Arc<SimStats>,
+    /// Added to every time the agent reports (ms).
+    pub clock_skew_ms: i64,
+    /// Samples queued at start.
+    pub backlog: Duration,
+    /// Samples per interval.
+    pub burst: u32,
+    /// One report per agent, by index.
+    pub reports: Arc<Mutex<Vec<AgentReport>>>,
 }
 
 /// Runs one agent until `stop` turns true.
@@ -95,7 +107,29 @@ pub async fn run_agent(
         stats: Arc::clone(&shared.stats),
         hostname: format!("sim-{index}"),
         was_connected: false,
+        index,
+        skew_ms: shared.clock_skew_ms,
+        reports: Arc::clone(&shared.reports),
+        taken: VecDeque::new(),
+        produced: 0,
     };
+    // A backlog: samples of the last `backlog` seconds, as a rig that was offline keeps them.
+    let step_ms = i64::try_from(shared.interval.as_millis())
+        .unwrap_or(1000)
+        .max(1);
+    let backlog_samples =
+        u64::try_from(shared.backlog.as_millis() / shared.interval.as_millis().max(1))
+            .unwrap_or(0)
+            .min(STORE_CAPACITY as u64);
+    let now = now_unix_ms();
+    for i in 0..backlog_samples {
+        let back = (backlog_samples - i) as i64 * step_ms;
+        let sample = agent
+            .synth
+            .sample(shared.interval.as_secs().max(1), now - back + agent.skew_ms);
+        agent.produced = agent.store.push(sample);
+    }
+    agent.report();
     let mut jitter = Jitter::from_os();
     let offset_ms = jitter.next_u64()
         % u64::try_from(shared.interval.as_millis())
@@ -115,8 +149,12 @@ pub async fn run_agent(
                 }
             }
             _ = tick.tick() => {
-                let sample = agent.synth.sample(interval_secs, now_unix_ms());
-                agent.store.push(sample);
+                for _ in 0..shared.burst.max(1) {
+                    let sample = agent.synth.sample(interval_secs, now_unix_ms() + agent.skew_ms);
+                    agent.produced = agent.store.push(sample);
+                    agent.taken.push_back((agent.produced, std::time::Instant::now()));
+                }
+                agent.report();
                 if agent.outbox.stalled(ACK_STALL) {
                     agent.link.reconnect("no ack");
                 } else {
@@ -146,9 +184,55 @@ struct SimAgent {
     stats: Arc<SimStats>,
     hostname: String,
     was_connected: bool,
+    index: usize,
+    skew_ms: i64,
+    reports: Arc<Mutex<Vec<AgentReport>>>,
+    /// Live samples not acknowledged yet, with the moment each was taken.
+    taken: VecDeque<(u64, std::time::Instant)>,
+    /// Highest seq produced.
+    produced: u64,
 }
 
 impl SimAgent {
+    /// Publishes what this agent produced, had acknowledged and dropped.
+    fn report(&self) {
+        use crate::daemon::link::session::SampleStore;
+        if let Ok(mut all) = self.reports.lock() {
+            if let Some(slot) = all.get_mut(self.index) {
+                *slot = AgentReport {
+                    rig_id: self.rig.to_string(),
+                    stream_id: self.store.stream_id().unwrap_or_default(),
+                    produced: self.produced,
+                    acked: self.store.acked_seq(),
+                    dropped: self.store.dropped,
+                    dropped_through: self.store.dropped_through(),
+                };
+            }
+        }
+    }
+
+    /// Records the ack latency of every live sample up to `acked`.
+    fn record_latencies(&mut self, acked: u64) {
+        let now = std::time::Instant::now();
+        let mut lat = Vec::new();
+        while let Some(&(seq, at)) = self.taken.front() {
+            if seq > acked {
+                break;
+            }
+            self.taken.pop_front();
+            lat.push(u32::try_from(now.duration_since(at).as_millis()).unwrap_or(u32::MAX));
+        }
+        // Samples dropped to the bound are never acknowledged one by one: forget them.
+        while self.taken.len() > STORE_CAPACITY {
+            self.taken.pop_front();
+        }
+        if !lat.is_empty() {
+            if let Ok(mut all) = self.stats.ack_latencies_ms.lock() {
+                all.extend(lat);
+            }
+        }
+    }
+
     fn track_connection(&mut self) {
         let now = self.link.is_connected();
         if now != self.was_connected {
@@ -203,7 +287,7 @@ impl SimAgent {
             protocol_max: rigfleet_proto::PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: self.hostname.clone(),
-            clock_unix_ms: now_unix_ms(),
+            clock_unix_ms: now_unix_ms() + self.skew_ms,
             rigs: vec![RigHello {
                 rig_id: self.rig.clone(),
                 devices: self.devices.clone(),
@@ -250,6 +334,8 @@ impl SimAgent {
                 self.stats
                     .samples_acked
                     .fetch_add(after.saturating_sub(before), Ordering::Relaxed);
+                self.record_latencies(after);
+                self.report();
                 self.pump().await;
             }
             ServerMessage::SetConfig(order) => self.set_config(order).await,

@@ -9,7 +9,7 @@ pub mod synth;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -60,6 +60,21 @@ pub struct SimulateArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     duration_secs: Option<u64>,
+    /// Skew every simulated clock by this many seconds (negative: behind), in samples and in
+    /// `hello`, as a rig with a wrong clock (fault harness).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_secs: i64,
+    /// Each agent starts with this many seconds of samples already queued (times in the
+    /// past, one per interval), as a rig that was offline and catches up.
+    #[arg(long, default_value_t = 0)]
+    backlog_secs: u64,
+    /// Samples each agent takes per interval (100: a rig sending 100× the normal rate).
+    #[arg(long, default_value_t = 1)]
+    burst: u32,
+    /// Write what every agent produced, had acknowledged and dropped, and the ack latency,
+    /// as JSON to this file (every second and at the end; replaced atomically).
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
 }
 
 /// Everything [`simulate`] needs.
@@ -85,6 +100,21 @@ pub struct SimOptions {
     pub timings: LinkTimings,
     /// Status line period.
     pub status_every: Duration,
+    /// Faults to play and the report (the fault harness).
+    pub faults: SimFaults,
+}
+
+/// What the fault harness asks of `simulate`.
+#[derive(Debug, Clone, Default)]
+pub struct SimFaults {
+    /// Clock skew of every agent (ms).
+    pub clock_skew_ms: i64,
+    /// Seconds of samples queued at start.
+    pub backlog: Duration,
+    /// Samples per interval (0 or 1: one).
+    pub burst: u32,
+    /// Where the report goes.
+    pub report: Option<PathBuf>,
 }
 
 /// The CLI command.
@@ -95,6 +125,12 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     }
     if !(1..=3600).contains(&args.interval_secs) {
         bail!("--interval-secs must be 1 to 3600");
+    }
+    if !(1..=1000).contains(&args.burst) {
+        bail!("--burst must be 1 to 1000");
+    }
+    if args.clock_skew_secs.unsigned_abs() > 10 * 365 * 86_400 {
+        bail!("--clock-skew-secs must be within ten years");
     }
     raise_fd_limit(args.count);
     let options = SimOptions {
@@ -111,6 +147,12 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         enroll_concurrency: args.enroll_concurrency.max(1),
         timings: LinkTimings::default(),
         status_every: Duration::from_secs(10),
+        faults: SimFaults {
+            clock_skew_ms: args.clock_skew_secs * 1000,
+            backlog: Duration::from_secs(args.backlog_secs),
+            burst: args.burst,
+            report: args.report,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,6 +187,7 @@ pub async fn simulate(
         .context("TLS settings for the server")?;
     let identities = enroll_all(options).await?;
     let stats = Arc::new(SimStats::default());
+    let reports = Arc::new(Mutex::new(vec![AgentReport::default(); identities.len()]));
     let shared = SimShared {
         url,
         tls,
@@ -152,6 +195,10 @@ pub async fn simulate(
         interval: options.interval,
         devices: options.devices,
         stats: Arc::clone(&stats),
+        clock_skew_ms: options.faults.clock_skew_ms,
+        backlog: options.faults.backlog,
+        burst: options.faults.burst.max(1),
+        reports: Arc::clone(&reports),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::with_capacity(identities.len());
@@ -168,17 +215,89 @@ pub async fn simulate(
     tokio::pin!(stop);
     let mut status = tokio::time::interval(options.status_every);
     status.tick().await;
+    let mut report_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = &mut stop => break,
             _ = status.tick() => println!("simulate: {}", status_line(&stats, options.count)),
+            _ = report_tick.tick(), if options.faults.report.is_some() => {
+                if let Some(path) = &options.faults.report {
+                    write_report(path, &stats, &reports);
+                }
+            }
         }
     }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
+    if let Some(path) = &options.faults.report {
+        write_report(path, &stats, &reports);
+    }
     Ok(stats)
+}
+
+/// What one simulated agent did, for `--report`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AgentReport {
+    /// Its rig.
+    pub rig_id: String,
+    /// Its stream.
+    pub stream_id: String,
+    /// Highest seq produced (every seq from 1 up to it was made).
+    pub produced: u64,
+    /// Highest seq the server acknowledged.
+    pub acked: u64,
+    /// Samples dropped unacknowledged to the store's bound.
+    pub dropped: u64,
+    /// Highest seq dropped.
+    pub dropped_through: u64,
+}
+
+/// The whole report: agents, totals and the ack latency (sample taken → acknowledged, backlog
+/// samples not counted) over every agent.
+#[derive(Debug, serde::Serialize)]
+struct Report<'a> {
+    agents: &'a [AgentReport],
+    samples_sent: u64,
+    samples_acked: u64,
+    reconnects: u64,
+    ack_latency_count: usize,
+    ack_latency_p50_ms: Option<u32>,
+    ack_latency_p99_ms: Option<u32>,
+    ack_latency_max_ms: Option<u32>,
+}
+
+fn write_report(path: &Path, stats: &SimStats, reports: &Mutex<Vec<AgentReport>>) {
+    let mut lat = stats
+        .ack_latencies_ms
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    let q = |f: f64| -> Option<u32> {
+        let i = ((lat.len() as f64 * f).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
+        lat.get(i).copied()
+    };
+    let agents = reports.lock().map(|r| r.clone()).unwrap_or_default();
+    let report = Report {
+        agents: &agents,
+        samples_sent: stats.samples_sent.load(Ordering::Relaxed),
+        samples_acked: stats.samples_acked.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+        ack_latency_count: lat.len(),
+        ack_latency_p50_ms: q(0.5),
+        ack_latency_p99_ms: q(0.99),
+        ack_latency_max_ms: lat.last().copied(),
+    };
+    let Ok(text) = serde_json::to_string(&report) else {
+        return;
+    };
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot write the simulate report");
+    }
 }
 
 /// `connected 980/1000, samples sent …` for the status line.
