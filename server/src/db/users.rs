@@ -427,6 +427,19 @@ impl Store {
             .bind(key).execute(p).await?.rows_affected() == 1))
     }
 
+    /// Replaces a setting's value only if it is still `expected` (compare and set); false when
+    /// someone changed or removed it meanwhile.
+    pub async fn replace_setting(
+        &self,
+        key: &str,
+        expected: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query(
+            "UPDATE settings SET value = $3 WHERE key = $1 AND value = $2")
+            .bind(key).bind(expected).bind(value).execute(p).await?.rows_affected() == 1))
+    }
+
     /// Writes a setting (insert or replace).
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         dispatch!(self, p => {
@@ -506,6 +519,10 @@ mod tests {
             s.set_setting("k", "1").await.unwrap();
             s.set_setting("k", "2").await.unwrap();
             assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("2"));
+            assert!(!s.replace_setting("k", "1", "3").await.unwrap());
+            assert!(s.replace_setting("k", "2", "3").await.unwrap());
+            assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("3"));
+            assert!(!s.replace_setting("absent", "", "x").await.unwrap());
             s.set_setting("coin.b_x", "3").await.unwrap();
             s.set_setting("coin.a", "4").await.unwrap();
             s.set_setting("coinage", "5").await.unwrap();

@@ -95,23 +95,65 @@ pub async fn set_recovery(
 
 /// Uses a recovery code once: true when it matched (it is then gone). Stored codes are salted
 /// hashes ([`super::totp::hash_recovery`]); the unsalted ones of older versions still match.
+/// The code is removed by compare and set, so two logins racing with one code (on one server
+/// or two) cannot both use it.
 pub async fn use_recovery(store: &Store, user_id: i64, code: &str) -> Result<bool, StoreError> {
-    let Some(stored) = store.get_setting(&recovery_key(user_id)).await? else {
-        return Ok(false);
-    };
-    let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
-    let Some(used) = hashes
-        .iter()
-        .position(|h| super::totp::recovery_matches(h, code))
-    else {
-        return Ok(false);
-    };
-    let left: Vec<String> = hashes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != used)
-        .map(|(_, h)| (*h).to_owned())
-        .collect();
-    set_recovery(store, user_id, &left).await?;
-    Ok(true)
+    let key = recovery_key(user_id);
+    for _ in 0..5 {
+        let Some(stored) = store.get_setting(&key).await? else {
+            return Ok(false);
+        };
+        let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
+        let Some(used) = hashes
+            .iter()
+            .position(|h| super::totp::recovery_matches(h, code))
+        else {
+            return Ok(false);
+        };
+        let left: Vec<&str> = hashes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != used)
+            .map(|(_, h)| *h)
+            .collect();
+        if store
+            .replace_setting(&key, &stored, &left.join(","))
+            .await?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recovery code works once, even when several logins race with it; the others stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_recovery_code_works_once_under_a_race() {
+        for db in crate::db::test_db::test_backends().await {
+            let s = &db.store;
+            let id = s.create_user("rex", "h", Role::Viewer).await.unwrap();
+            let (codes, hashes) = super::super::totp::recovery_codes(3).unwrap();
+            set_recovery(s, id, &hashes).await.unwrap();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (s, code) = (s.clone(), codes[1].clone());
+                    tokio::spawn(async move { use_recovery(&s, id, &code).await.unwrap() })
+                })
+                .collect();
+            let mut used = 0;
+            for t in tasks {
+                used += usize::from(t.await.unwrap());
+            }
+            assert_eq!(used, 1);
+            assert!(!use_recovery(s, id, &codes[1]).await.unwrap());
+            assert!(use_recovery(s, id, &codes[0]).await.unwrap());
+            assert!(use_recovery(s, id, &codes[2]).await.unwrap());
+            assert!(!use_recovery(s, id, "aaaa-bbbb-cccc-dddd").await.unwrap());
+            db.cleanup().await;
+        }
+    }
 }
