@@ -253,7 +253,8 @@ impl Store {
 fn private_sqlite_files(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = path.as_os_str();
-    if name.is_empty() || name == ":memory:" {
+    // In-memory databases (sqlx names them `file:sqlx-in-memory-N`) have no file.
+    if name.is_empty() || name == ":memory:" || name.to_string_lossy().starts_with("file:") {
         return Ok(());
     }
     let err = |e: std::io::Error| StoreError::Invalid(format!("{}: {e}", path.display()));
@@ -363,6 +364,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode(&path), 0o600);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_databases_leave_no_file() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        store.ping().await.unwrap();
+        let stray = std::fs::read_dir(".")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("file:"));
+        assert!(!stray, "no file made for an in-memory database");
         store.close().await;
     }
 
