@@ -21,7 +21,7 @@ use crate::app::AppState;
 /// The OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "rigfleet server API", description = "Fleet, rigs, history, configs, commands, events and enrollment tokens. Authenticate with `Authorization: Bearer rft_…` (scopes read ⊂ write ⊂ admin)."),
+    info(title = "rigfleet server API", description = "Fleet, rigs, history, configs, commands, events and enrollment tokens. Authenticate with `Authorization: Bearer rft_…` (scopes read ⊂ write ⊂ admin). Request bodies are JSON: `Content-Type: application/json`, or with an API token no Content-Type or curl's default `application/x-www-form-urlencoded`; session-cookie requests must send `application/json`, the `X-CSRF-Token` header and this server's Origin. Every error is an `ErrorBody`: `{code, message, fields?}`, `fields` mapping a field's path (`devices[0].threads`) to its problem."),
     paths(
         rigs::list, rigs::detail, rigs::patch, rigs::remove, rigs::approve, rigs::history,
         orders::devices, orders::get_config, orders::put_config, orders::send_command,
