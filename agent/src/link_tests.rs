@@ -135,8 +135,12 @@ async fn enroll_saves_the_identity_and_pins_the_server_key() {
     let err = enroll(&options).await.expect_err("identity exists");
     assert!(err.to_string().contains("--force"), "{err}");
     options.force = true;
+    // The config applied as the previous rig goes with it: its version is not this rig's.
+    let old: DesiredConfig = serde_json::from_str(&config_payload(40, "", None)).expect("json");
+    desired::save(&state, &old).expect("save");
     let again = enroll(&options).await.expect("forced");
     assert_eq!(again.identity.agent_id.as_str(), "agt-2");
+    assert_eq!(desired::load(&state).expect("ok"), None);
 }
 
 #[tokio::test]

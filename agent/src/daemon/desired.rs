@@ -50,6 +50,17 @@ pub fn save(state_dir: &Path, config: &DesiredConfig) -> Result<(), DesiredError
     write_atomic(&path, &json, 0o600).map_err(|source| DesiredError::Io { path, source })
 }
 
+/// Removes the saved config (a new enrollment: it was applied for the previous identity's rig,
+/// and its version would make every version of the new rig look old). Nothing saved is fine.
+pub fn forget(state_dir: &Path) -> Result<(), DesiredError> {
+    let path = state_dir.join(DESIRED_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DesiredError::Io { path, source }),
+    }
+}
+
 /// The file's bytes: `Ok(None)` when none was ever saved.
 fn read(path: &Path) -> Result<Option<Vec<u8>>, DesiredError> {
     let file = match File::open(path) {

@@ -247,6 +247,9 @@ pub async fn enroll(options: &EnrollOptions) -> Result<Enrolled> {
     identity.tls_cert_fingerprint = options.tls.cert_fingerprint.clone();
     create_private_dir(&options.state_dir)?;
     identity.save(&options.state_dir)?;
+    // A config applied as another rig is not this rig's, and its version would make the new
+    // server's versions look old: the agent would refuse them (issue 11, item 8).
+    crate::daemon::desired::forget(&options.state_dir)?;
     Ok(Enrolled {
         identity,
         pending_approval: answer.pending_approval,
