@@ -288,6 +288,66 @@ impl FakeAgent {
     }
 }
 
+impl FakeAgent {
+    /// Runs the handshake as a protocol 2 agent whose queue is `stream` and whose clock is
+    /// `clock_skew_ms` off the server's; returns the socket, the `welcome` and the nonce the
+    /// server's time signature must cover.
+    pub async fn connect_v2(
+        &self,
+        addr: std::net::SocketAddr,
+        stream: &str,
+        clock_skew_ms: i64,
+    ) -> Result<(Ws, rigfleet_proto::server_to_agent::Welcome, [u8; 32]), String> {
+        let mut nonce = [0u8; 32];
+        getrandom::getrandom(&mut nonce).unwrap();
+        let AgentMessage::Hello(mut hello) = self.hello() else {
+            unreachable!("hello() makes a hello")
+        };
+        hello.protocol_max = 2;
+        hello.nonce = Some(hex(&nonce));
+        hello.clock_unix_ms = rigfleet_server::now_ms() + clock_skew_ms;
+        for r in &mut hello.rigs {
+            r.stream_id = Some(stream.to_string());
+        }
+        let mut ws = open_ws(addr).await;
+        send(&mut ws, &AgentMessage::Hello(hello)).await;
+        let challenge = match recv(&mut ws).await {
+            Some(ServerMessage::Challenge(c)) => c,
+            other => return Err(format!("expected challenge, got {other:?}")),
+        };
+        if challenge.protocol != 2 {
+            return Err(format!("server chose protocol {}", challenge.protocol));
+        }
+        let server_nonce = decode_hex_array::<32>(&challenge.nonce).unwrap();
+        let sig = self.key.sign(&auth_signing_bytes(
+            &server_nonce,
+            &self.agent_id,
+            &self.server_key,
+        ));
+        send(
+            &mut ws,
+            &AgentMessage::Auth(Auth {
+                signature: hex(&sig.to_bytes()),
+            }),
+        )
+        .await;
+        match recv(&mut ws).await {
+            Some(ServerMessage::Welcome(w)) => Ok((ws, w, nonce)),
+            other => Err(format!("expected welcome, got {other:?}")),
+        }
+    }
+}
+
+/// A protocol 2 telemetry frame of `stream`.
+pub fn telemetry_in(rig: &RigId, stream: &str, samples: Vec<Sample>) -> AgentMessage {
+    AgentMessage::Telemetry(Telemetry {
+        rig_id: rig.clone(),
+        samples,
+        stream_id: Some(stream.to_string()),
+        dropped_through: None,
+    })
+}
+
 pub async fn open_ws(addr: std::net::SocketAddr) -> Ws {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let url = format!("ws://{addr}{}", rigfleet_proto::enroll::AGENT_WS_PATH);

@@ -6,6 +6,9 @@ mod stratum_mining;
 /// The server's agent hub over real sockets: handshake, acks, dedup, refusals, orders.
 mod server_hub;
 
+/// Telemetry streams, the signed welcome time and clock offsets, for old and new agents.
+mod telemetry_streams;
+
 /// Orders through the hub: config pushes in version order, command waiters that end.
 mod hub_orders;
 
