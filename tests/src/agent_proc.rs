@@ -60,6 +60,11 @@ impl AgentProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process has not exited yet.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGTERM, then waits up to 10 s; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         // SAFETY: kill(2) with a pid this process spawned; no memory is touched.

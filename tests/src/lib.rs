@@ -3,6 +3,8 @@
 
 pub mod agent_proc;
 pub mod browser;
+pub mod fault;
+pub mod fault_scenarios;
 pub mod rig;
 pub mod server;
 
