@@ -163,44 +163,57 @@ async fn check_login(
     Ok(user.filter(|_| ok))
 }
 
+/// Checks the signed-in user's own password again (re-authentication, password change,
+/// turning the second factor off). Wrong ones slow this session's next tries (refused with 429
+/// while it waits), so a stolen cookie cannot guess the password at speed; the user's other
+/// sessions and logins from elsewhere are not slowed.
+async fn own_password_ok(
+    state: &AppState,
+    user: &WebUser,
+    password: &str,
+) -> Result<bool, WebError> {
+    let store = &state.hub.store;
+    let key = format!("reauth:{}", user.username);
+    let address = format!("session:{}", user.session_hash.get(..16).unwrap_or(""));
+    let now = crate::now_ms();
+    if let Some(wait) = login_wait(store, &key, &address, now).await? {
+        return Err(WebError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Too many wrong passwords. Wait {wait} seconds before trying again."),
+        ));
+    }
+    let row = store
+        .user_by_id(user.user_id)
+        .await?
+        .ok_or_else(|| WebError::forbidden("user gone"))?;
+    let ok = !password.is_empty()
+        && password.len() <= 1024
+        && password_ok(row.password_hash, password.to_string()).await;
+    if ok {
+        login_succeeded(store, &key, &address).await?;
+    } else {
+        login_failed(store, &key, &address, now).await?;
+        state.hub.metrics.error("web_reauth_failed");
+    }
+    Ok(ok)
+}
+
 /// Re-authentication before a change that moves money (pools and wallets): the signed-in
 /// user types their password again, so a session left open on a shared screen or a stolen
-/// cookie is not enough. Wrong passwords slow this session's next tries (the user's other
-/// sessions and logins from elsewhere are not slowed).
+/// cookie is not enough. Wrong passwords slow this session's next tries.
 pub(crate) async fn confirm_password(
     state: &AppState,
     _shared: &WebShared,
     user: &WebUser,
     password: &str,
 ) -> Result<(), WebError> {
-    let key = format!("reauth:{}", user.username);
-    let address = format!("session:{}", user.session_hash.get(..16).unwrap_or(""));
-    let now = crate::now_ms();
-    if let Some(wait) = login_wait(&state.hub.store, &key, &address, now).await? {
-        return Err(WebError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many wrong passwords. Wait {wait} seconds before trying again."),
-        ));
-    }
-    let row = state
-        .hub
-        .store
-        .user_by_id(user.user_id)
-        .await?
-        .ok_or_else(|| WebError::forbidden("user gone"))?;
-    if password.is_empty()
-        || password.len() > 1024
-        || !password_ok(row.password_hash, password.to_string()).await
-    {
-        login_failed(&state.hub.store, &key, &address, now).await?;
-        state.hub.metrics.error("web_reauth_failed");
+    if !own_password_ok(state, user, password).await? {
         // 401, not 403: the user may do this, once they prove again who they are.
         return Err(WebError::new(
             StatusCode::UNAUTHORIZED,
             "Your password is wrong: nothing was changed.",
         ));
     }
-    login_succeeded(&state.hub.store, &key, &address).await?;
     Ok(())
 }
 
@@ -549,14 +562,8 @@ pub async fn change_password(
         async {
             let f = Fields::parse(&body);
             let mut page = account_base(&state, &user).await?;
-            let row = state
-                .hub
-                .store
-                .user_by_id(user.user_id)
-                .await?
-                .ok_or_else(|| WebError::forbidden("user gone"))?;
             let new = f.get("new_password");
-            if !password_ok(row.password_hash, f.get("current_password").to_string()).await {
+            if !own_password_ok(&state, &user, f.get("current_password")).await? {
                 page.error = Some("The current password is wrong.".into());
                 return Ok(page_with_status(&page, StatusCode::BAD_REQUEST));
             }
@@ -701,13 +708,7 @@ pub async fn totp_disable(State(state): State<AppState>, user: WebUser, body: By
         async {
             let f = Fields::parse(&body);
             let mut page = account_base(&state, &user).await?;
-            let row = state
-                .hub
-                .store
-                .user_by_id(user.user_id)
-                .await?
-                .ok_or_else(|| WebError::forbidden("user gone"))?;
-            if !password_ok(row.password_hash, f.get("password").to_string()).await {
+            if !own_password_ok(&state, &user, f.get("password")).await? {
                 page.error = Some("The password is wrong.".into());
                 return Ok(page_with_status(&page, StatusCode::BAD_REQUEST));
             }

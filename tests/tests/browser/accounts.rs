@@ -345,6 +345,46 @@ async fn own_password_and_second_factor_changes_end_other_sessions() {
     ts.finish().await;
 }
 
+/// Items 14 and 15: a session (a stolen cookie) guessing its user's password on the account
+/// page, where a password change or turning the second factor off asks for it, is slowed
+/// after a few wrong ones; the user's own logins are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_guess_its_password_at_speed() {
+    let ts = start_on(TestDb::sqlite().await.unwrap()).await;
+    let addr = ts.addr();
+    let pw = add_user(&ts, "vic", Role::Operator).await;
+    let thief = login(addr, "vic", &pw).await.unwrap();
+    let change = |current: &str| {
+        format!(
+            "current_password={}&new_password=thief-password-1&confirm_password=thief-password-1",
+            enc(current)
+        )
+    };
+    for i in 0..5 {
+        let a = post(
+            addr,
+            &thief,
+            "/account/password",
+            &change(&format!("guess-{i}")),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{}", a.body);
+    }
+    let a = post(addr, &thief, "/account/password", &change(&pw)).await;
+    assert_eq!(a.status, 429, "even the right one waits now: {}", a.body);
+    let a = post(
+        addr,
+        &thief,
+        "/account/totp/disable",
+        &format!("password={}", enc(&pw)),
+    )
+    .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    // Nothing changed, and the user logs in as before.
+    assert!(login(addr, "vic", &pw).await.is_some());
+    ts.finish().await;
+}
+
 /// Item 15: failed logins slow the (name, address) they came from, not the name: the user logs
 /// in from another address while the guessing address waits. Unknown names are answered as
 /// known ones are.
