@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default data folder (SQLite file, keys, generated certificate).
 pub const DEFAULT_DATA_DIR: &str = "rigfleet-data";
+/// Longest retention of any telemetry table, in days (100 years).
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +262,12 @@ pub fn load(overrides: &Overrides) -> Result<ServerConfig, ConfigError> {
     build(file, overrides)
 }
 
+/// Parses and validates config text alone (no flags, no environment); `path` only names it in
+/// errors. The fuzz target `server_config` (`fuzz/`) and its corpus replay call this.
+pub fn from_toml(path: &Path, text: &str) -> Result<ServerConfig, ConfigError> {
+    build(parse_file(path, text)?, &Overrides::default())
+}
+
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
@@ -322,6 +330,19 @@ fn build(file: FileConfig, o: &Overrides) -> Result<ServerConfig, ConfigError> {
         return Err(ConfigError::Invalid {
             key: "telemetry_interval_secs",
             reason: "must be 1 to 3600".into(),
+        });
+    }
+    // Bounded so that every duration fits the i64 milliseconds the pruning job computes with:
+    // unbounded, `raw_hours = 18446744073709551615` overflowed here, and a value that fitted u64
+    // seconds but not i64 milliseconds wrapped to a cutoff in the future (pruning every row).
+    let r = &file.retention;
+    if r.raw_hours.is_some_and(|h| h > MAX_RETENTION_DAYS * 24)
+        || r.minute_days.is_some_and(|d| d > MAX_RETENTION_DAYS)
+        || r.hour_days.is_some_and(|d| d > MAX_RETENTION_DAYS)
+    {
+        return Err(ConfigError::Invalid {
+            key: "retention",
+            reason: format!("each table keeps at most {MAX_RETENTION_DAYS} days (100 years)"),
         });
     }
     let defaults = RetentionConfig::default();

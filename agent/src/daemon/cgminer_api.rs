@@ -37,6 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::config::{ApiConfig, ApiListen};
+// The fuzz crate (`fuzz/`) compiles this file with `config.rs` alone, without the runtime.
+#[cfg(not(fuzzing))]
 use super::mining::MiningSnapshot;
 
 /// The API version reported by `version`: the cgminer API level whose format this follows.
@@ -277,6 +279,7 @@ fn mhs(hps: f64) -> f64 {
     hps / 1e6
 }
 
+#[cfg(not(fuzzing))]
 impl ApiView {
     /// The figures of a runtime snapshot; `elapsed` is the time since the agent started mining,
     /// which the snapshot does not carry.
@@ -412,13 +415,19 @@ impl Reply {
     }
 }
 
-/// Backslash-escapes cgminer's text separators so a value cannot break the framing.
+/// Backslash-escapes cgminer's text separators so a value cannot break the framing, and drops
+/// NUL, which ends a reply on the wire (a pool user from the server's config may hold one; the
+/// `cgminer_api` fuzz target found a text `pools` reply cut short by it).
 fn escape_text(s: &str, out: &mut String) {
     for c in s.chars() {
-        if matches!(c, ',' | '|' | '=' | '\\') {
-            out.push('\\');
+        match c {
+            '\0' => {}
+            ',' | '|' | '=' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
         }
-        out.push(c);
     }
 }
 
@@ -823,8 +832,9 @@ fn answer_one(command: &str, view: &dyn Fn() -> ApiView, allow: &[String]) -> Re
     }
 }
 
-/// Parses a request and builds the whole reply, NUL terminator included.
-fn respond(request: &[u8], view: &dyn Fn() -> ApiView, allow: &[String]) -> Vec<u8> {
+/// Parses a request and builds the whole reply, NUL terminator included. `pub(crate)` for the
+/// fuzz target `cgminer_api` (`fuzz/`), which compiles this file into its own crate.
+pub(crate) fn respond(request: &[u8], view: &dyn Fn() -> ApiView, allow: &[String]) -> Vec<u8> {
     let when = unix_now();
     // A terminator the client added (NUL, newline) is not part of the command.
     let end = request
@@ -911,7 +921,7 @@ fn parse_json(text: &str) -> Result<String, Reply> {
 }
 
 /// Whether the bytes so far make a whole request: a terminator, or a complete JSON document.
-fn complete(buf: &[u8]) -> bool {
+pub(crate) fn complete(buf: &[u8]) -> bool {
     buf.iter().any(|&b| b == 0 || b == b'\n')
         || (buf.first() == Some(&b'{') && serde_json::from_slice::<serde_json::Value>(buf).is_ok())
 }

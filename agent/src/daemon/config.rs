@@ -236,7 +236,8 @@ pub fn load_with_env(
 }
 
 /// Parses and validates config text alone (no env, no flags); `path` only names it in errors.
-#[cfg(test)]
+/// Also built for the fuzz target `agent_config` (`fuzz/`).
+#[cfg(any(test, fuzzing))]
 pub fn from_toml(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
     let file = parse_file(path, text)?;
     merge(

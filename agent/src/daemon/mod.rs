@@ -14,6 +14,8 @@ pub mod cgminer_api;
 pub mod commands;
 pub mod config;
 pub mod desired;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod identity;
 pub mod link;
 pub mod mining;
