@@ -254,7 +254,18 @@ pub async fn enroll(
             devices: r.devices.clone(),
         })
         .collect();
-    let rows = match hub.store.register_agent(&new_agent, &rigs).await {
+    let registered = hub.store.register_agent(&new_agent, &rigs).await;
+    if registered.is_err() {
+        // No rig was enrolled: the uses go back to the token.
+        if let Err(error) = hub
+            .store
+            .refund_enroll_token(&token.id_hex(), rig_count)
+            .await
+        {
+            tracing::warn!(%error, "Could not give an enrollment token its uses back");
+        }
+    }
+    let rows = match registered {
         Ok(rows) => rows,
         Err(StoreError::Conflict(_)) => {
             hub.event(

@@ -152,6 +152,18 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Gives back `rigs` uses of a token whose enrollment failed after the uses were taken
+    /// (the key was already registered, the database failed): uses count rigs enrolled.
+    pub async fn refund_enroll_token(&self, token_id: &str, rigs: i64) -> Result<(), StoreError> {
+        dispatch!(self, p => {
+            sqlx::query("UPDATE enrollment_tokens SET uses = uses - $2 WHERE token_id = $1 AND uses >= $2")
+                .bind(token_id).bind(rigs.max(1)).execute(p).await?;
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_db::test_backends;
@@ -246,6 +258,11 @@ mod tests {
             ));
             assert_eq!(
                 s.use_enroll_token("t3", &good, 20, 1).await.unwrap().uses,
+                3
+            );
+            s.refund_enroll_token("t3", 2).await.unwrap();
+            assert_eq!(
+                s.use_enroll_token("t3", &good, 20, 2).await.unwrap().uses,
                 3
             );
             let list = s.list_enroll_tokens().await.unwrap();

@@ -843,8 +843,25 @@ async fn enrollment_counts_rigs_refuses_weak_keys_and_limits_each_address() {
         .collect();
     assert_eq!(uses, [3, 0], "{list}");
 
-    // Weak keys: all zeros and the identity point are small-order.
     let multi = ts.enroll_token(r#"{}"#).await;
+    // A refused registration (a key already known) takes no use.
+    let last = ts.enroll_token(r#"{"max_uses": 1}"#).await;
+    let known = fresh_key();
+    let (status, text) = raw(addr, "POST", path, &json, &enroll_body(&multi, &known, 1)).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw(addr, "POST", path, &json, &enroll_body(&last, &known, 1)).await;
+    assert_eq!(status, 409, "{text}");
+    let (status, text) = raw(
+        addr,
+        "POST",
+        path,
+        &json,
+        &enroll_body(&last, &fresh_key(), 1),
+    )
+    .await;
+    assert_eq!(status, 200, "the refused attempt gave its use back: {text}");
+
+    // Weak keys: all zeros and the identity point are small-order.
     let mut identity = "00".repeat(32);
     identity.replace_range(0..2, "01");
     for weak in ["00".repeat(32), identity] {
