@@ -17,7 +17,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-max_examples=${API_FUZZ_MAX_EXAMPLES:-150}
+max_examples=${API_FUZZ_MAX_EXAMPLES:-250}
 min_requests=${API_FUZZ_MIN_REQUESTS:-5000}
 workers=${API_FUZZ_WORKERS:-2}
 seed=${API_FUZZ_SEED:-1104}
