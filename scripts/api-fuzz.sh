@@ -22,6 +22,8 @@ min_requests=${API_FUZZ_MIN_REQUESTS:-5000}
 workers=${API_FUZZ_WORKERS:-2}
 seed=${API_FUZZ_SEED:-1104}
 rigs=${API_FUZZ_RIGS:-4}
+# The gate; API_FUZZ_CHECKS=all,error_body_is_code_message adds schemathesis' conformance checks.
+checks=${API_FUZZ_CHECKS:-not_a_server_error,error_body_is_code_message}
 out=${API_FUZZ_OUT:-$(mktemp -d /tmp/rigfleet-api-fuzz.XXXXXX)}
 mkdir -p "$out"
 
@@ -106,7 +108,7 @@ SCHEMATHESIS_HOOKS="$out/checks.py" schemathesis --config-file "$out/schemathesi
     run "$base/api/v1/openapi.json" \
     --url "$base" \
     -H "Authorization: Bearer $token" \
-    --checks not_a_server_error,error_body_is_code_message \
+    --checks "$checks" \
     --mode all \
     --max-examples "$max_examples" \
     --seed "$seed" \
