@@ -677,7 +677,9 @@ pub async fn server_disk_full(work: &Path, full_for: Duration) -> Result<Option<
     let login = server.http("GET", "/login", None, None).await.map(|r| r.0);
     let acked_full = acked(&sim);
     // Room again, no restart.
-    fs.resize(64 * 1024);
+    if !fs.resize(64 * 1024) {
+        row.fail("cannot grow the tmpfs again");
+    }
     let freed = Instant::now();
     let catch_up = wait_caught_up(&sim, Duration::from_secs(120)).await;
     let alive = server.alive();
@@ -711,6 +713,11 @@ pub async fn server_disk_full(work: &Path, full_for: Duration) -> Result<Option<
     }
     if catch_up.is_none() {
         row.fail("ingest did not recover without a restart");
+        eprintln!(
+            "server log:\n{}\nsimulate log:\n{}",
+            server.log_tail(),
+            sim.output()
+        );
     }
     if !alive {
         row.fail(format!("the server died:\n{}", server.log_tail()));
@@ -829,6 +836,8 @@ pub async fn agent_disk_full(work: &Path, full_for: Duration) -> Result<Option<R
     }
     if recovered.is_none() {
         row.fail("the agent did not queue again once there was room");
+        let out = agent.output();
+        eprintln!("agent log:\n{}", &out[out.len().saturating_sub(6000)..]);
     }
     if !stopped {
         row.fail("the agent did not stop cleanly");

@@ -45,7 +45,13 @@ fn backends(args: &Args) -> Vec<On> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let work = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir()?;
+    // FAULTHARNESS_KEEP=1 keeps the logs, databases and reports for a look afterwards.
+    let kept = std::env::var_os("FAULTHARNESS_KEEP").is_some();
+    let work = tmp.path().to_path_buf();
+    if kept {
+        eprintln!("work folder (kept): {}", work.display());
+    }
     let want = |s: &str| args.only == "all" || args.only.split(',').any(|x| x == s);
     let mut rows: Vec<Row> = Vec::new();
     let mut push = |r: Option<Row>| {
@@ -64,7 +70,7 @@ async fn main() -> Result<()> {
             long: Duration::from_secs(10),
             gap: Duration::from_secs(2),
         };
-        push(db_cuts(work.path(), &plan).await?);
+        push(db_cuts(&work, &plan).await?);
     }
     if want("kill") {
         for on in backends(&args) {
@@ -75,14 +81,14 @@ async fn main() -> Result<()> {
                 min_up: Duration::from_millis(500),
                 max_up: Duration::from_secs(3),
             };
-            push(kill9(work.path(), on, &plan).await?);
+            push(kill9(&work, on, &plan).await?);
         }
     }
     if want("skew") {
         for on in backends(&args) {
             push(
                 clock_skew(
-                    work.path(),
+                    &work,
                     on,
                     &[3600, -3600, 86_400, -86_400],
                     Duration::from_secs(20),
@@ -93,25 +99,16 @@ async fn main() -> Result<()> {
     }
     if want("remove") {
         for on in backends(&args) {
-            push(rig_removed(work.path(), on, Duration::from_secs(30)).await?);
+            push(rig_removed(&work, on, Duration::from_secs(30)).await?);
         }
     }
     if want("disk") && args.backends != "postgres" {
-        push(server_disk_full(work.path(), Duration::from_secs(20)).await?);
-        push(agent_disk_full(work.path(), Duration::from_secs(20)).await?);
+        push(server_disk_full(&work, Duration::from_secs(20)).await?);
+        push(agent_disk_full(&work, Duration::from_secs(20)).await?);
     }
     if want("noisy") {
         for on in backends(&args) {
-            push(
-                noisy_neighbour(
-                    work.path(),
-                    on,
-                    20,
-                    100,
-                    Duration::from_secs(args.noisy_secs),
-                )
-                .await?,
-            );
+            push(noisy_neighbour(&work, on, 20, 100, Duration::from_secs(args.noisy_secs)).await?);
         }
     }
     println!();
@@ -122,6 +119,9 @@ async fn main() -> Result<()> {
     }
     let failed = rows.iter().filter(|r| !r.failures.is_empty()).count();
     println!("\n{} scenario runs, {failed} failed", rows.len());
+    if kept {
+        let _ = tmp.keep();
+    }
     if failed > 0 {
         std::process::exit(1);
     }

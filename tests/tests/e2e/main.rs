@@ -36,3 +36,7 @@ mod demo;
 
 /// PostgreSQL vanishing under a running server and the real agent.
 mod database_outage;
+
+/// Short versions of the fault harness's scenarios (database cuts, kill -9, clock skew, rig
+/// removal, a noisy agent, full disks).
+mod fault_short;
