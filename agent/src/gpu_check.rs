@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 use rigfleet_engine::device::gpu::{self, DiscoverOptions, GpuScanner};
-use rigfleet_engine::test_vectors::SHA256D_BLOCKS;
+use rigfleet_engine::test_vectors::{LITECOIN_GENESIS, SHA256D_BLOCKS};
 use rigfleet_engine::{Algorithm, NonceRange, Target};
 
 /// Options of `gpu-check`.
@@ -132,6 +132,41 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
                 println!("sha256d rate: FAILED: {e:#}");
             }
         }
+        match check_scrypt(&mut scanner, args.quick) {
+            Ok(n) => println!(
+                "scrypt check: OK, {n} nonces equal the CPU path (Litecoin genesis, random work)"
+            ),
+            Err(e) => {
+                failures += 1;
+                println!("scrypt check: FAILED: {e:#}");
+            }
+        }
+        json["scrypt_check_ok"] = check.is_ok().into();
+        match measure_algo(
+            &mut scanner,
+            Algorithm::Scrypt,
+            Duration::from_secs_f64(args.seconds),
+        ) {
+            Ok(r) => {
+                println!(
+                    "scrypt: {:.1} kH/s over {:.1} s of kernels ({:.1} kH/s wall), launch {} nonces, {} wrong nonces",
+                    r.hashes as f64 / r.busy_secs / 1e3,
+                    r.busy_secs,
+                    r.hashes as f64 / r.wall_secs / 1e3,
+                    r.launch_nonces,
+                    r.rejected
+                );
+                json["scrypt_hps"] = (r.hashes as f64 / r.busy_secs).into();
+                json["scrypt_launch_nonces"] = r.launch_nonces.into();
+                if r.rejected > 0 {
+                    failures += 1;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("scrypt rate: FAILED: {e:#}");
+            }
+        }
         for (label, reading) in [("before", &before), ("after", &after)] {
             if let Some(r) = reading {
                 println!("nvml {label}: {}", r.line());
@@ -223,18 +258,79 @@ struct Rate {
     rejected: u64,
 }
 
-/// Hashes for `duration` against a target that almost nothing meets (top word 0), in slices of
-/// a few launches so that the launch size settles first.
+/// Scrypt: the Litecoin genesis nonce must be found, and random headers with an easy target must
+/// give the CPU kernel's nonces.
+fn check_scrypt(scanner: &mut GpuScanner, quick: bool) -> Result<usize> {
+    let cpu = Algorithm::Scrypt.best_kernel()?;
+    let block = LITECOIN_GENESIS;
+    let header = block.header();
+    let target = Target::from_nbits(block.bits)?;
+    let half = if quick { 256 } else { 4096 };
+    let range = NonceRange::new(block.nonce - half, block.nonce + half);
+    let out = scanner.scan(Algorithm::Scrypt, &header, &target, range)?;
+    if out.candidates != [block.nonce] || out.rejected > 0 {
+        bail!(
+            "Litecoin genesis: GPU {:?} (+{} wrong)",
+            out.candidates,
+            out.rejected
+        );
+    }
+    let mut compared = 1;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for case in 0..4u32 {
+        let mut header = [0u8; 80];
+        for b in header.iter_mut() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (seed >> 56) as u8;
+        }
+        let mut bytes = [0xffu8; 32];
+        bytes[28..32].copy_from_slice(&(u32::MAX >> 8).to_le_bytes());
+        let target = Target::from_le_bytes(&bytes);
+        let len: u32 = if quick { 512 } else { 8192 };
+        let first = if case == 3 {
+            u32::MAX - len + 1
+        } else {
+            case << 28
+        };
+        let range = NonceRange::new(first, first + (len - 1));
+        let out = scanner.scan(Algorithm::Scrypt, &header, &target, range)?;
+        let mut want = Vec::new();
+        cpu.scan(&header, &target, range, &mut want);
+        if out.candidates != want || out.rejected > 0 {
+            bail!(
+                "scrypt random case {case}: GPU found {} (+{} wrong), CPU {}",
+                out.candidates.len(),
+                out.rejected,
+                want.len()
+            );
+        }
+        compared += want.len();
+    }
+    Ok(compared)
+}
+
+/// SHA-256d rate.
 fn measure(scanner: &mut GpuScanner, duration: Duration) -> Result<Rate> {
-    let header = SHA256D_BLOCKS[0].header();
+    measure_algo(scanner, Algorithm::Sha256d, duration)
+}
+
+/// Hashes for `duration` against a target that almost nothing meets (top word 0), after a
+/// second of warm-up in which the launch size settles.
+fn measure_algo(scanner: &mut GpuScanner, algo: Algorithm, duration: Duration) -> Result<Rate> {
+    let header = match algo {
+        Algorithm::Sha256d => SHA256D_BLOCKS[0].header(),
+        Algorithm::Scrypt => LITECOIN_GENESIS.header(),
+    };
     let target = Target::from_le_bytes(&[0u8; 32]);
     // Warm up and let the launch size settle (about a second).
     let warm = Instant::now();
     let mut first = 0u32;
     while warm.elapsed() < Duration::from_millis(1000) {
-        let n = scanner.launch_nonces();
+        let n = scanner.launch_nonces_for(algo);
         scanner.scan(
-            Algorithm::Sha256d,
+            algo,
             &header,
             &target,
             NonceRange::new(first, first.saturating_add(n - 1)),
@@ -246,13 +342,13 @@ fn measure(scanner: &mut GpuScanner, duration: Duration) -> Result<Rate> {
         hashes: 0,
         busy_secs: 0.0,
         wall_secs: 0.0,
-        launch_nonces: scanner.launch_nonces(),
+        launch_nonces: scanner.launch_nonces_for(algo),
         rejected: 0,
     };
     while started.elapsed() < duration {
-        let n = scanner.launch_nonces();
+        let n = scanner.launch_nonces_for(algo);
         let out = scanner.scan(
-            Algorithm::Sha256d,
+            algo,
             &header,
             &target,
             NonceRange::new(first, first.saturating_add(n - 1)),
@@ -263,7 +359,7 @@ fn measure(scanner: &mut GpuScanner, duration: Duration) -> Result<Rate> {
         rate.rejected += out.rejected;
     }
     rate.wall_secs = started.elapsed().as_secs_f64();
-    rate.launch_nonces = scanner.launch_nonces();
+    rate.launch_nonces = scanner.launch_nonces_for(algo);
     Ok(rate)
 }
 

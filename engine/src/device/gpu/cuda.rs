@@ -45,6 +45,7 @@ type ModuleLoadDataEx = unsafe extern "C" fn(
     *mut *mut c_void,
 ) -> CuResult;
 type ModuleGetFunction = unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult;
+type DeviceTotalMem = unsafe extern "C" fn(*mut usize, CuDevice) -> CuResult;
 type MemAlloc = unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult;
 type MemFree = unsafe extern "C" fn(CuDevicePtr) -> CuResult;
 type MemcpyHtoD = unsafe extern "C" fn(CuDevicePtr, *const c_void, usize) -> CuResult;
@@ -78,6 +79,7 @@ struct Api {
     ctx_synchronize: CtxSynchronize,
     module_load_data_ex: ModuleLoadDataEx,
     module_get_function: ModuleGetFunction,
+    device_total_mem: DeviceTotalMem,
     mem_alloc: MemAlloc,
     mem_free: MemFree,
     memcpy_htod: MemcpyHtoD,
@@ -113,6 +115,7 @@ impl Api {
                 ctx_synchronize: lib.get("cuCtxSynchronize")?,
                 module_load_data_ex: lib.get("cuModuleLoadDataEx")?,
                 module_get_function: lib.get("cuModuleGetFunction")?,
+                device_total_mem: lib.get("cuDeviceTotalMem_v2")?,
                 mem_alloc: lib.get("cuMemAlloc_v2")?,
                 mem_free: lib.get("cuMemFree_v2")?,
                 memcpy_htod: lib.get("cuMemcpyHtoD_v2")?,
@@ -228,8 +231,19 @@ pub struct CudaBackend {
     api: Arc<Api>,
     info: GpuInfo,
     context: CuContext,
+    /// The SHA-256d kernel.
     function: CuFunction,
+    /// The Scrypt kernel, loaded on first use.
+    scrypt: Option<CuFunction>,
+    /// Candidate counter and slots.
     out: CuDevicePtr,
+    /// Scrypt's per-header words.
+    words: CuDevicePtr,
+    /// Scrypt scratchpad and how many nonces it holds.
+    scratch: CuDevicePtr,
+    scratch_nonces: u32,
+    /// Device memory in bytes.
+    total_mem: u64,
 }
 
 // SAFETY: a CUDA context may be made current on any thread; every call below does so first.
@@ -252,6 +266,9 @@ impl CudaBackend {
                 p.get(4..).map(|rest| format!("pci:{rest}"))
             })
             .unwrap_or_else(|| format!("cuda:{}", dev.ordinal));
+        let mut total = 0usize;
+        // SAFETY: writes one size.
+        let _ = unsafe { (api.device_total_mem)(&mut total, dev.ordinal) };
         let mut me = Self {
             api: Arc::clone(&api),
             info: GpuInfo {
@@ -265,10 +282,32 @@ impl CudaBackend {
             },
             context,
             function: ptr::null_mut(),
+            scrypt: None,
             out: 0,
+            words: 0,
+            scratch: 0,
+            scratch_nonces: 0,
+            total_mem: total as u64,
         };
-        let ptx = std::ffi::CString::new(super::SHA256D_PTX).map_err(|_| GpuError::Build {
-            device: me.info.name.clone(),
+        me.function = me.load(super::SHA256D_PTX, super::SHA256D_ENTRY)?;
+        me.out = me.alloc((1 + CANDIDATE_CAPACITY as usize) * 4)?;
+        Ok(me)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CuDevicePtr, GpuError> {
+        let mut ptr = 0;
+        // SAFETY: writes one device pointer (the context is current: the caller made it so).
+        self.api.check("cuMemAlloc", unsafe {
+            (self.api.mem_alloc)(&mut ptr, bytes)
+        })?;
+        Ok(ptr)
+    }
+
+    /// Loads a PTX module (the driver compiles it for this card) and takes its entry `entry`.
+    fn load(&self, ptx: &str, entry: &str) -> Result<CuFunction, GpuError> {
+        let api = &self.api;
+        let ptx = std::ffi::CString::new(ptx).map_err(|_| GpuError::Build {
+            device: self.info.name.clone(),
             log: "PTX text has a NUL byte".into(),
         })?;
         let mut log = vec![0u8; 8192];
@@ -290,64 +329,40 @@ impl CudaBackend {
                 .trim_end_matches('\0')
                 .to_string();
             return Err(GpuError::Build {
-                device: me.info.name.clone(),
+                device: self.info.name.clone(),
                 log: format!(
                     "{}: {text}",
                     api_error(api.get_error_name, "cuModuleLoadDataEx", code)
                 ),
             });
         }
-        let entry = std::ffi::CString::new(super::SHA256D_ENTRY).map_err(|_| GpuError::Api {
+        let entry = std::ffi::CString::new(entry).map_err(|_| GpuError::Api {
             call: "cuModuleGetFunction",
             code: "entry name has a NUL byte".into(),
         })?;
+        let mut function = ptr::null_mut();
         // SAFETY: loaded module, NUL-terminated name.
         api.check("cuModuleGetFunction", unsafe {
-            (api.module_get_function)(&mut me.function, module, entry.as_ptr())
+            (api.module_get_function)(&mut function, module, entry.as_ptr())
         })?;
-        let bytes = (1 + CANDIDATE_CAPACITY as usize) * 4;
-        // SAFETY: writes one device pointer.
-        api.check("cuMemAlloc", unsafe { (api.mem_alloc)(&mut me.out, bytes) })?;
-        Ok(me)
-    }
-}
-
-impl GpuBackend for CudaBackend {
-    fn info(&self) -> &GpuInfo {
-        &self.info
+        Ok(function)
     }
 
-    fn launch_sha256d(
-        &mut self,
-        words: &[u32; 20],
-        top: u32,
-        base: u32,
+    /// Launches `function` over `count` threads with `params` (one pointer per kernel
+    /// parameter) and reads the candidates back.
+    fn run(
+        &self,
+        function: CuFunction,
+        params: &mut [*mut c_void],
         count: u32,
     ) -> Result<LaunchOutput, GpuError> {
         let api = &self.api;
-        // SAFETY: the context was created by this backend and is alive.
-        api.check("cuCtxSetCurrent", unsafe {
-            (api.ctx_set_current)(self.context)
-        })?;
-        let zero = 0u32;
-        // SAFETY: 4 bytes into a buffer of 1 + capacity words.
-        api.check("cuMemcpyHtoD", unsafe {
-            (api.memcpy_htod)(self.out, (&zero as *const u32).cast(), 4)
-        })?;
-        let mut args: Vec<u32> = words.to_vec();
-        args.extend_from_slice(&[base, top, CANDIDATE_CAPACITY]);
-        let mut out = self.out;
-        let mut params: Vec<*mut c_void> = args
-            .iter_mut()
-            .map(|a| (a as *mut u32).cast::<c_void>())
-            .collect();
-        params.push((&mut out as *mut CuDevicePtr).cast());
         let blocks = count.div_ceil(BLOCK);
-        // SAFETY: one pointer per kernel parameter, in order, each to a value of the parameter's
-        // size (23 × u32, then the buffer's device pointer); they outlive the call.
+        // SAFETY: `params` holds one pointer per kernel parameter, in order, each to a value of
+        // the parameter's size; they outlive the call, which is synchronised below.
         api.check("cuLaunchKernel", unsafe {
             (api.launch_kernel)(
-                self.function,
+                function,
                 blocks,
                 1,
                 1,
@@ -380,6 +395,106 @@ impl GpuBackend for CudaBackend {
             nonces,
         })
     }
+
+    /// Makes this backend's context current on the calling thread and zeroes the counter.
+    fn begin(&self) -> Result<(), GpuError> {
+        let api = &self.api;
+        // SAFETY: the context was created by this backend and is alive.
+        api.check("cuCtxSetCurrent", unsafe {
+            (api.ctx_set_current)(self.context)
+        })?;
+        let zero = 0u32;
+        // SAFETY: 4 bytes into a buffer of 1 + capacity words.
+        api.check("cuMemcpyHtoD", unsafe {
+            (api.memcpy_htod)(self.out, (&zero as *const u32).cast(), 4)
+        })
+    }
+}
+
+impl GpuBackend for CudaBackend {
+    fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    fn launch_sha256d(
+        &mut self,
+        words: &[u32; 20],
+        top: u32,
+        base: u32,
+        count: u32,
+    ) -> Result<LaunchOutput, GpuError> {
+        self.begin()?;
+        let mut args: Vec<u32> = words.to_vec();
+        args.extend_from_slice(&[base, top, CANDIDATE_CAPACITY]);
+        let mut out = self.out;
+        let mut params: Vec<*mut c_void> = args
+            .iter_mut()
+            .map(|a| (a as *mut u32).cast::<c_void>())
+            .collect();
+        params.push((&mut out as *mut CuDevicePtr).cast());
+        self.run(self.function, &mut params, count)
+    }
+
+    fn launch_scrypt(
+        &mut self,
+        words: &[u32; 27],
+        top: u32,
+        base: u32,
+        count: u32,
+    ) -> Result<LaunchOutput, GpuError> {
+        if count > self.max_scrypt_launch() {
+            return Err(GpuError::Memory(format!(
+                "{count} Scrypt nonces need more than a quarter of the device's memory"
+            )));
+        }
+        self.begin()?;
+        let function = match self.scrypt {
+            Some(f) => f,
+            None => {
+                let f = self.load(super::SCRYPT_PTX, super::SCRYPT_ENTRY)?;
+                self.words = self.alloc(27 * 4)?;
+                self.scrypt = Some(f);
+                f
+            }
+        };
+        if count > self.scratch_nonces {
+            if self.scratch != 0 {
+                // SAFETY: allocated by this backend; launches are synchronised, none in flight.
+                unsafe { (self.api.mem_free)(self.scratch) };
+                self.scratch = 0;
+                self.scratch_nonces = 0;
+            }
+            self.scratch = self.alloc((u64::from(count) * super::SCRYPT_SCRATCH_BYTES) as usize)?;
+            self.scratch_nonces = count;
+        }
+        // SAFETY: 27 words into the 27-word buffer.
+        self.api.check("cuMemcpyHtoD", unsafe {
+            (self.api.memcpy_htod)(self.words, words.as_ptr().cast(), 27 * 4)
+        })?;
+        let (mut w, mut base, mut top, mut cap, mut out, mut scratch) = (
+            self.words,
+            base,
+            top,
+            CANDIDATE_CAPACITY,
+            self.out,
+            self.scratch,
+        );
+        let mut params: [*mut c_void; 6] = [
+            (&mut w as *mut u64).cast(),
+            (&mut base as *mut u32).cast(),
+            (&mut top as *mut u32).cast(),
+            (&mut cap as *mut u32).cast(),
+            (&mut out as *mut u64).cast(),
+            (&mut scratch as *mut u64).cast(),
+        ];
+        self.run(function, &mut params, count)
+    }
+
+    fn max_scrypt_launch(&self) -> u32 {
+        let n = (self.total_mem / 4 / super::SCRYPT_SCRATCH_BYTES)
+            .min(u64::from(super::SCRYPT_MAX_LAUNCH)) as u32;
+        (n / BLOCK * BLOCK).max(BLOCK)
+    }
 }
 
 impl Drop for CudaBackend {
@@ -388,8 +503,10 @@ impl Drop for CudaBackend {
         // the module with it.
         unsafe {
             (self.api.ctx_set_current)(self.context);
-            if self.out != 0 {
-                (self.api.mem_free)(self.out);
+            for buf in [self.out, self.words, self.scratch] {
+                if buf != 0 {
+                    (self.api.mem_free)(buf);
+                }
             }
             (self.api.ctx_destroy)(self.context);
         }

@@ -32,6 +32,16 @@ pub const SHA256D_CL: &str = include_str!("kernels/sha256d.cl");
 pub const SHA256D_PTX: &str = include_str!("kernels/sha256d.ptx");
 /// Entry point of the SHA-256d kernel in both forms.
 pub const SHA256D_ENTRY: &str = "sha256d_scan";
+/// The OpenCL C source of the Scrypt kernel (also compiled to [`SCRYPT_PTX`]).
+pub const SCRYPT_CL: &str = include_str!("kernels/scrypt.cl");
+/// [`SCRYPT_CL`] compiled to PTX by `scripts/build-ptx.sh`.
+pub const SCRYPT_PTX: &str = include_str!("kernels/scrypt.ptx");
+/// Entry point of the Scrypt kernel in both forms.
+pub const SCRYPT_ENTRY: &str = "scrypt_scan";
+/// Scratchpad bytes per Scrypt nonce: N = 1024 entries of 128 bytes (r = 1).
+pub const SCRYPT_SCRATCH_BYTES: u64 = 1024 * 128;
+/// Most nonces in one Scrypt launch (16 GiB of scratchpad): beyond this a launch only gets longer.
+pub const SCRYPT_MAX_LAUNCH: u32 = 1 << 17;
 
 /// Candidate slots per launch. A share target passes about one nonce in 2^32/top; at pool
 /// difficulties a launch of millions of nonces yields a handful. More than this many (tests with
@@ -81,6 +91,9 @@ pub enum GpuError {
     /// The algorithm has no GPU kernel yet.
     #[error("no GPU kernel for {0}")]
     Unsupported(&'static str),
+    /// Not enough device memory for the launch.
+    #[error("{0}")]
+    Memory(String),
 }
 
 /// Which way the kernel reached the card.
@@ -136,6 +149,24 @@ pub fn sha256d_kernel_words(header: &[u8; 80]) -> [u32; 20] {
     words
 }
 
+/// The per-header values the Scrypt kernel takes: header words 0..18 (big-endian), then the
+/// SHA-256 midstate of header bytes 0..64.
+pub fn scrypt_kernel_words(header: &[u8; 80]) -> [u32; 27] {
+    let p = Prepared::new(header);
+    let mut words = [0u32; 27];
+    for (i, w) in words.iter_mut().take(16).enumerate() {
+        *w = u32::from_be_bytes([
+            header[4 * i],
+            header[4 * i + 1],
+            header[4 * i + 2],
+            header[4 * i + 3],
+        ]);
+    }
+    words[16..19].copy_from_slice(&p.tail);
+    words[19..27].copy_from_slice(&p.midstate);
+    words
+}
+
 /// What one launch returned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LaunchOutput {
@@ -159,6 +190,19 @@ pub trait GpuBackend: Send {
         base: u32,
         count: u32,
     ) -> Result<LaunchOutput, GpuError>;
+
+    /// As [`GpuBackend::launch_sha256d`] for Scrypt, with `words` from [`scrypt_kernel_words`];
+    /// `count` is at most [`GpuBackend::max_scrypt_launch`].
+    fn launch_scrypt(
+        &mut self,
+        words: &[u32; 27],
+        top: u32,
+        base: u32,
+        count: u32,
+    ) -> Result<LaunchOutput, GpuError>;
+
+    /// The most Scrypt nonces one launch may hash (its scratchpad must fit the device).
+    fn max_scrypt_launch(&self) -> u32;
 }
 
 /// The result of scanning a range on a GPU.
@@ -180,7 +224,10 @@ pub struct ScanOutcome {
 /// A GPU with the host logic around its kernel: launch sizing, overflow and recheck.
 pub struct GpuScanner {
     backend: Box<dyn GpuBackend>,
+    /// SHA-256d launch size.
     launch_nonces: u32,
+    /// Scrypt launch size (each nonce needs 128 KiB of scratchpad, so it starts small).
+    scrypt_launch_nonces: u32,
     target_launch: Duration,
 }
 
@@ -190,6 +237,7 @@ impl GpuScanner {
         Self {
             backend,
             launch_nonces: 1 << 16,
+            scrypt_launch_nonces: LAUNCH_GRANULE,
             target_launch,
         }
     }
@@ -199,7 +247,15 @@ impl GpuScanner {
         self.backend.info()
     }
 
-    /// The launch size now in use.
+    /// The launch size now in use for an algorithm.
+    pub fn launch_nonces_for(&self, algorithm: Algorithm) -> u32 {
+        match algorithm {
+            Algorithm::Sha256d => self.launch_nonces,
+            Algorithm::Scrypt => self.scrypt_launch_nonces,
+        }
+    }
+
+    /// The SHA-256d launch size now in use.
     pub fn launch_nonces(&self) -> u32 {
         self.launch_nonces
     }
@@ -209,8 +265,9 @@ impl GpuScanner {
         self.launch_nonces = round_launch(u64::from(n));
     }
 
-    /// Scans `range` of `header` against `target` (SHA-256d): every nonce whose hash top word
-    /// is at most the target's, as a CPU kernel reports them.
+    /// Scans `range` of `header` against `target`: the same nonces a CPU kernel of the
+    /// algorithm reports (SHA-256d: hash top word at most the target's; Scrypt: the whole target
+    /// met), each confirmed on the CPU.
     pub fn scan(
         &mut self,
         algorithm: Algorithm,
@@ -218,21 +275,30 @@ impl GpuScanner {
         target: &Target,
         range: NonceRange,
     ) -> Result<ScanOutcome, GpuError> {
-        if algorithm != Algorithm::Sha256d {
-            return Err(GpuError::Unsupported(algorithm.id()));
-        }
-        let words = sha256d_kernel_words(header);
+        let sha_words = sha256d_kernel_words(header);
+        let scrypt_words = scrypt_kernel_words(header);
         let prepared = Prepared::new(header);
         let top = target.top_word();
         let mut out = ScanOutcome::default();
         let len = range.len();
         let mut offset = 0u64;
         while offset < len {
-            let want = (len - offset).min(u64::from(self.launch_nonces));
+            let size = match algorithm {
+                Algorithm::Sha256d => self.launch_nonces,
+                Algorithm::Scrypt => self
+                    .scrypt_launch_nonces
+                    .min(self.backend.max_scrypt_launch()),
+            };
+            let want = (len - offset).min(u64::from(size));
             let count = round_launch(want);
             let base = range.first.wrapping_add(offset as u32);
             let started = Instant::now();
-            let launch = self.backend.launch_sha256d(&words, top, base, count)?;
+            let launch = match algorithm {
+                Algorithm::Sha256d => self.backend.launch_sha256d(&sha_words, top, base, count)?,
+                Algorithm::Scrypt => self
+                    .backend
+                    .launch_scrypt(&scrypt_words, top, base, count)?,
+            };
             let elapsed = started.elapsed();
             out.busy += elapsed;
             out.hashes += u64::from(count);
@@ -242,7 +308,12 @@ impl GpuScanner {
             let part = NonceRange::new(base, last);
             if launch.count > CANDIDATE_CAPACITY || launch.nonces.len() as u64 > u64::from(count) {
                 out.cpu_rescans += 1;
-                sha256d::portable::PORTABLE.scan(header, target, part, &mut out.candidates);
+                match algorithm.best_kernel() {
+                    Ok(kernel) => kernel.scan(header, target, part, &mut out.candidates),
+                    Err(_) => {
+                        sha256d::portable::PORTABLE.scan(header, target, part, &mut out.candidates)
+                    }
+                }
             } else {
                 let mut nonces = launch.nonces;
                 nonces.sort_unstable();
@@ -251,28 +322,53 @@ impl GpuScanner {
                     if !part.contains(nonce) {
                         continue;
                     }
-                    if sha256d::portable::hash_top_word(&prepared, nonce) <= top {
-                        out.candidates.push(nonce);
-                    } else {
-                        out.rejected += 1;
+                    match algorithm {
+                        Algorithm::Sha256d => {
+                            if sha256d::portable::hash_top_word(&prepared, nonce) <= top {
+                                out.candidates.push(nonce);
+                            } else {
+                                out.rejected += 1;
+                            }
+                        }
+                        Algorithm::Scrypt => {
+                            let mut h = *header;
+                            crate::algo::set_nonce(&mut h, nonce);
+                            let hash = Algorithm::Scrypt.hash(&h);
+                            let hash_top =
+                                u32::from_le_bytes([hash[28], hash[29], hash[30], hash[31]]);
+                            if hash_top > top {
+                                out.rejected += 1;
+                            } else if target.is_met_by(&hash) {
+                                out.candidates.push(nonce);
+                            }
+                        }
                     }
                 }
             }
-            if u64::from(count) == u64::from(self.launch_nonces) {
-                self.tune(count, elapsed);
+            if count == size {
+                let tuned = tuned_launch(count, elapsed, self.target_launch);
+                match algorithm {
+                    Algorithm::Sha256d => self.launch_nonces = tuned,
+                    Algorithm::Scrypt => self.scrypt_launch_nonces = tuned.min(SCRYPT_MAX_LAUNCH),
+                }
             }
             offset += want;
         }
         Ok(out)
     }
 
-    /// Scales the launch size toward the target time: at most 4× up or down per launch, so one
-    /// slow launch (a busy desktop, a clock change) does not swing it far.
+    #[cfg(test)]
     fn tune(&mut self, count: u32, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64().max(1e-6);
-        let ratio = (self.target_launch.as_secs_f64() / secs).clamp(0.25, 4.0);
-        self.launch_nonces = round_launch((f64::from(count) * ratio) as u64);
+        self.launch_nonces = tuned_launch(count, elapsed, self.target_launch);
     }
+}
+
+/// The launch size that moves toward the target time: at most 4× up or down per launch, so one
+/// slow launch (a busy desktop, a clock change) does not swing it far.
+fn tuned_launch(count: u32, elapsed: Duration, target: Duration) -> u32 {
+    let secs = elapsed.as_secs_f64().max(1e-6);
+    let ratio = (target.as_secs_f64() / secs).clamp(0.25, 4.0);
+    round_launch((f64::from(count) * ratio) as u64)
 }
 
 /// Rounds a nonce count up to whole granules, between one granule and 2^31.

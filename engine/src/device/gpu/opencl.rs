@@ -29,6 +29,8 @@ const CL_DEVICE_PCI_BUS_ID_NV: ClUint = 0x4008;
 const CL_DEVICE_PCI_SLOT_ID_NV: ClUint = 0x4009;
 const CL_DEVICE_PCI_DOMAIN_ID_NV: ClUint = 0x400A;
 const CL_DEVICE_EXTENSIONS: ClUint = 0x1030;
+const CL_DEVICE_GLOBAL_MEM_SIZE: ClUint = 0x101F;
+const CL_DEVICE_MAX_MEM_ALLOC_SIZE: ClUint = 0x1010;
 const CL_PROGRAM_BUILD_LOG: ClUint = 0x1183;
 const CL_MEM_READ_WRITE: u64 = 1;
 
@@ -256,9 +258,9 @@ impl ClDevice {
         &self.info
     }
 
-    /// Builds the SHA-256d kernel for this device.
+    /// Builds the SHA-256d kernel for this device (the Scrypt kernel is built on first use).
     pub fn build_sha256d(self) -> Result<ClBackend, GpuError> {
-        ClBackend::new(self, super::SHA256D_CL, super::SHA256D_ENTRY)
+        ClBackend::new(self)
     }
 }
 
@@ -355,18 +357,30 @@ pub fn devices() -> Result<Vec<ClDevice>, GpuError> {
 pub struct ClBackend {
     api: Arc<Api>,
     info: GpuInfo,
+    device: Handle,
     context: Handle,
     queue: Handle,
+    /// SHA-256d program and kernel.
     program: Handle,
     kernel: Handle,
+    /// Scrypt program and kernel, built on first use.
+    scrypt: Option<(Handle, Handle)>,
+    /// Candidate counter and slots.
     out: Handle,
+    /// Scrypt's per-header words.
+    words: Handle,
+    /// Scrypt scratchpad and how many nonces it holds.
+    scratch: Handle,
+    scratch_nonces: u32,
+    /// Largest single buffer the device allows.
+    max_alloc: u64,
 }
 
 // SAFETY: see `ClDevice`; the kernel object is used by this backend alone.
 unsafe impl Send for ClBackend {}
 
 impl ClBackend {
-    fn new(dev: ClDevice, source: &str, entry: &str) -> Result<Self, GpuError> {
+    fn new(dev: ClDevice) -> Result<Self, GpuError> {
         let api = dev.api;
         let device = dev.device;
         let mut err = 0;
@@ -382,43 +396,87 @@ impl ClBackend {
             )
         };
         check("clCreateContext", err)?;
+        let gi = api.get_device_info;
+        let global: u64 =
+            info_value(gi, "clGetDeviceInfo", device, CL_DEVICE_GLOBAL_MEM_SIZE).unwrap_or(0);
+        let max_alloc: u64 =
+            info_value(gi, "clGetDeviceInfo", device, CL_DEVICE_MAX_MEM_ALLOC_SIZE).unwrap_or(0);
         let mut me = Self {
             api: Arc::clone(&api),
             info: dev.info,
+            device,
             context,
             queue: ptr::null_mut(),
             program: ptr::null_mut(),
             kernel: ptr::null_mut(),
+            scrypt: None,
             out: ptr::null_mut(),
+            words: ptr::null_mut(),
+            scratch: ptr::null_mut(),
+            scratch_nonces: 0,
+            // Leave half the memory to others (the display, other programs).
+            max_alloc: max_alloc.min(global / 2),
         };
         // SAFETY: valid context and device; default (in-order) queue.
         me.queue = unsafe { (api.create_command_queue)(context, device, 0, &mut err) };
         check("clCreateCommandQueue", err)?;
+        let (program, kernel) = me.build(super::SHA256D_CL, super::SHA256D_ENTRY)?;
+        me.program = program;
+        me.kernel = kernel;
+        me.out = me.buffer((1 + CANDIDATE_CAPACITY as usize) * 4)?;
+        Ok(me)
+    }
+
+    fn buffer(&self, bytes: usize) -> Result<Handle, GpuError> {
+        let mut err = 0;
+        // SAFETY: a device buffer with no host pointer.
+        let buf = unsafe {
+            (self.api.create_buffer)(
+                self.context,
+                CL_MEM_READ_WRITE,
+                bytes,
+                ptr::null_mut(),
+                &mut err,
+            )
+        };
+        check("clCreateBuffer", err)?;
+        Ok(buf)
+    }
+
+    /// Builds `source` and takes its kernel `entry`.
+    fn build(&self, source: &str, entry: &str) -> Result<(Handle, Handle), GpuError> {
+        let api = &self.api;
+        let mut err = 0;
         let src = source.as_ptr().cast::<c_char>();
         let len = source.len();
         // SAFETY: one string of `len` bytes.
-        me.program = unsafe { (api.create_program_with_source)(context, 1, &src, &len, &mut err) };
+        let program =
+            unsafe { (api.create_program_with_source)(self.context, 1, &src, &len, &mut err) };
         check("clCreateProgramWithSource", err)?;
         let options = c"-cl-std=CL1.2";
-        // One build at a time in this process: PoCL 3.1 was seen to crash when two threads built
-        // programs at once (two tests in parallel), and builds are rare.
-        let _build = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: valid program and device, NUL-terminated options, synchronous build.
-        let code = unsafe {
-            (api.build_program)(
-                me.program,
-                1,
-                &device,
-                options.as_ptr(),
-                ptr::null(),
-                ptr::null_mut(),
-            )
+        let code = {
+            // One build at a time in this process: PoCL 3.1 was seen to crash when two threads
+            // built programs at once (two tests in parallel), and builds are rare.
+            let _build = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: valid program and device, NUL-terminated options, synchronous build.
+            unsafe {
+                (api.build_program)(
+                    program,
+                    1,
+                    &self.device,
+                    options.as_ptr(),
+                    ptr::null(),
+                    ptr::null_mut(),
+                )
+            }
         };
         if code != CL_SUCCESS {
-            let log = info_string_build(&api, me.program, device)
+            let log = info_string_build(api, program, self.device)
                 .unwrap_or_else(|e| format!("(no build log: {e})"));
+            // SAFETY: created above, released once.
+            unsafe { (api.release_program)(program) };
             return Err(GpuError::Build {
-                device: me.info.name.clone(),
+                device: self.info.name.clone(),
                 log: format!("error {code} ({}): {log}", error_name(code)),
             });
         }
@@ -427,22 +485,99 @@ impl ClBackend {
             code: "kernel name has a NUL byte".to_string(),
         })?;
         // SAFETY: built program, NUL-terminated name.
-        me.kernel = unsafe { (api.create_kernel)(me.program, entry_c.as_ptr(), &mut err) };
-        check("clCreateKernel", err)?;
-        let bytes = (1 + CANDIDATE_CAPACITY as usize) * 4;
-        // SAFETY: a device buffer with no host pointer.
-        me.out = unsafe {
-            (api.create_buffer)(context, CL_MEM_READ_WRITE, bytes, ptr::null_mut(), &mut err)
-        };
-        check("clCreateBuffer", err)?;
-        Ok(me)
+        let kernel = unsafe { (api.create_kernel)(program, entry_c.as_ptr(), &mut err) };
+        if let Err(e) = check("clCreateKernel", err) {
+            // SAFETY: created above, released once.
+            unsafe { (api.release_program)(program) };
+            return Err(e);
+        }
+        Ok((program, kernel))
     }
 
-    fn set_arg<T>(&self, index: u32, value: &T) -> Result<(), GpuError> {
+    /// Writes `bytes` at the start of `buffer` (blocking).
+    fn write(&self, buffer: Handle, bytes: &[u8]) -> Result<(), GpuError> {
+        // SAFETY: blocking write of `bytes.len()` bytes into a buffer at least that large.
+        check("clEnqueueWriteBuffer", unsafe {
+            (self.api.enqueue_write_buffer)(
+                self.queue,
+                buffer,
+                1,
+                0,
+                bytes.len(),
+                bytes.as_ptr().cast(),
+                0,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        })
+    }
+
+    /// Runs `kernel` over `count` work items and reads the candidates back.
+    fn run(&self, kernel: Handle, count: u32) -> Result<LaunchOutput, GpuError> {
+        let global = count as usize;
+        // A fixed work-group size: some platforms (PoCL) compile the kernel again for every new
+        // group size, and a size the driver picks from each launch's global size would change
+        // whenever the launch size is tuned. `count` is a multiple of it.
+        let local = LAUNCH_GRANULE as usize;
+        // SAFETY: a 1-D launch with every argument set by the caller.
+        check("clEnqueueNDRangeKernel", unsafe {
+            (self.api.enqueue_nd_range_kernel)(
+                self.queue,
+                kernel,
+                1,
+                ptr::null(),
+                &global,
+                &local,
+                0,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        })?;
+        let mut head = [0u32; 1];
+        // SAFETY: blocking read of 4 bytes into `head` (in-order queue: after the kernel).
+        check("clEnqueueReadBuffer", unsafe {
+            (self.api.enqueue_read_buffer)(
+                self.queue,
+                self.out,
+                1,
+                0,
+                4,
+                head.as_mut_ptr().cast(),
+                0,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        })?;
+        let count_found = head[0];
+        let n = count_found.min(CANDIDATE_CAPACITY) as usize;
+        let mut nonces = vec![0u32; n];
+        if n > 0 {
+            // SAFETY: `n` slots after the counter, inside the buffer's 1 + capacity words.
+            check("clEnqueueReadBuffer", unsafe {
+                (self.api.enqueue_read_buffer)(
+                    self.queue,
+                    self.out,
+                    1,
+                    4,
+                    n * 4,
+                    nonces.as_mut_ptr().cast(),
+                    0,
+                    ptr::null(),
+                    ptr::null_mut(),
+                )
+            })?;
+        }
+        Ok(LaunchOutput {
+            count: count_found,
+            nonces,
+        })
+    }
+
+    fn set_arg<T>(&self, kernel: Handle, index: u32, value: &T) -> Result<(), GpuError> {
         // SAFETY: `value` points at `size_of::<T>()` readable bytes; OpenCL copies them.
         check("clSetKernelArg", unsafe {
             (self.api.set_kernel_arg)(
-                self.kernel,
+                kernel,
                 index,
                 std::mem::size_of::<T>(),
                 (value as *const T).cast(),
@@ -494,85 +629,66 @@ impl GpuBackend for ClBackend {
         base: u32,
         count: u32,
     ) -> Result<LaunchOutput, GpuError> {
+        let k = self.kernel;
         for (i, w) in words.iter().enumerate() {
-            self.set_arg(i as u32, w)?;
+            self.set_arg(k, i as u32, w)?;
         }
-        self.set_arg(20, &base)?;
-        self.set_arg(21, &top)?;
-        self.set_arg(22, &CANDIDATE_CAPACITY)?;
-        self.set_arg(23, &self.out)?;
-        let zero = 0u32;
-        // SAFETY: blocking write of 4 bytes into a buffer of at least that size.
-        check("clEnqueueWriteBuffer", unsafe {
-            (self.api.enqueue_write_buffer)(
-                self.queue,
-                self.out,
-                1,
-                0,
-                4,
-                (&zero as *const u32).cast(),
-                0,
-                ptr::null(),
-                ptr::null_mut(),
-            )
-        })?;
-        let global = count as usize;
-        // A fixed work-group size: some platforms (PoCL) compile the kernel again for every new
-        // group size, and a size the driver picks from each launch's global size would change
-        // whenever the launch size is tuned. `count` is a multiple of it.
-        let local = LAUNCH_GRANULE as usize;
-        // SAFETY: a 1-D launch with every argument set above.
-        check("clEnqueueNDRangeKernel", unsafe {
-            (self.api.enqueue_nd_range_kernel)(
-                self.queue,
-                self.kernel,
-                1,
-                ptr::null(),
-                &global,
-                &local,
-                0,
-                ptr::null(),
-                ptr::null_mut(),
-            )
-        })?;
-        let mut head = [0u32; 1];
-        // SAFETY: blocking read of 4 bytes into `head` (in-order queue: after the kernel).
-        check("clEnqueueReadBuffer", unsafe {
-            (self.api.enqueue_read_buffer)(
-                self.queue,
-                self.out,
-                1,
-                0,
-                4,
-                head.as_mut_ptr().cast(),
-                0,
-                ptr::null(),
-                ptr::null_mut(),
-            )
-        })?;
-        let count_found = head[0];
-        let n = count_found.min(CANDIDATE_CAPACITY) as usize;
-        let mut nonces = vec![0u32; n];
-        if n > 0 {
-            // SAFETY: `n` slots after the counter, inside the buffer's 1 + capacity words.
-            check("clEnqueueReadBuffer", unsafe {
-                (self.api.enqueue_read_buffer)(
-                    self.queue,
-                    self.out,
-                    1,
-                    4,
-                    n * 4,
-                    nonces.as_mut_ptr().cast(),
-                    0,
-                    ptr::null(),
-                    ptr::null_mut(),
-                )
-            })?;
+        self.set_arg(k, 20, &base)?;
+        self.set_arg(k, 21, &top)?;
+        self.set_arg(k, 22, &CANDIDATE_CAPACITY)?;
+        self.set_arg(k, 23, &self.out)?;
+        self.write(self.out, &0u32.to_ne_bytes())?;
+        self.run(k, count)
+    }
+
+    fn launch_scrypt(
+        &mut self,
+        words: &[u32; 27],
+        top: u32,
+        base: u32,
+        count: u32,
+    ) -> Result<LaunchOutput, GpuError> {
+        if count > self.max_scrypt_launch() {
+            return Err(GpuError::Memory(format!(
+                "{count} Scrypt nonces need more than the device's largest buffer"
+            )));
         }
-        Ok(LaunchOutput {
-            count: count_found,
-            nonces,
-        })
+        let kernel = match self.scrypt {
+            Some((_, kernel)) => kernel,
+            None => {
+                let built = self.build(super::SCRYPT_CL, super::SCRYPT_ENTRY)?;
+                self.scrypt = Some(built);
+                self.words = self.buffer(27 * 4)?;
+                built.1
+            }
+        };
+        if count > self.scratch_nonces {
+            if !self.scratch.is_null() {
+                // SAFETY: created by this backend; no launch is in flight (launches block).
+                unsafe { (self.api.release_mem_object)(self.scratch) };
+                self.scratch = ptr::null_mut();
+                self.scratch_nonces = 0;
+            }
+            self.scratch =
+                self.buffer((u64::from(count) * super::SCRYPT_SCRATCH_BYTES) as usize)?;
+            self.scratch_nonces = count;
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        self.write(self.words, &bytes)?;
+        self.write(self.out, &0u32.to_ne_bytes())?;
+        self.set_arg(kernel, 0, &self.words)?;
+        self.set_arg(kernel, 1, &base)?;
+        self.set_arg(kernel, 2, &top)?;
+        self.set_arg(kernel, 3, &CANDIDATE_CAPACITY)?;
+        self.set_arg(kernel, 4, &self.out)?;
+        self.set_arg(kernel, 5, &self.scratch)?;
+        self.run(kernel, count)
+    }
+
+    fn max_scrypt_launch(&self) -> u32 {
+        let n =
+            (self.max_alloc / super::SCRYPT_SCRATCH_BYTES).min(u64::from(super::SCRYPT_MAX_LAUNCH));
+        (n as u32 / LAUNCH_GRANULE * LAUNCH_GRANULE).max(LAUNCH_GRANULE)
     }
 }
 
@@ -583,8 +699,14 @@ impl Drop for ClBackend {
             if !self.queue.is_null() {
                 (self.api.finish)(self.queue);
             }
-            if !self.out.is_null() {
-                (self.api.release_mem_object)(self.out);
+            for buf in [self.out, self.words, self.scratch] {
+                if !buf.is_null() {
+                    (self.api.release_mem_object)(buf);
+                }
+            }
+            if let Some((program, kernel)) = self.scrypt {
+                (self.api.release_kernel)(kernel);
+                (self.api.release_program)(program);
             }
             if !self.kernel.is_null() {
                 (self.api.release_kernel)(self.kernel);

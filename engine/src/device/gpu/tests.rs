@@ -4,7 +4,7 @@
 use super::*;
 use crate::algo::sha256d::portable::PORTABLE;
 use crate::test_rng::SplitMix64;
-use crate::test_vectors::SHA256D_BLOCKS;
+use crate::test_vectors::{LITECOIN_GENESIS, SHA256D_BLOCKS};
 
 /// A backend that hashes on the CPU like the kernel would, and can be told to lie.
 struct FakeBackend {
@@ -40,6 +40,24 @@ impl GpuBackend for FakeBackend {
         let count = nonces.len() as u32;
         nonces.truncate(CANDIDATE_CAPACITY as usize);
         Ok(LaunchOutput { count, nonces })
+    }
+
+    fn launch_scrypt(
+        &mut self,
+        words: &[u32; 27],
+        _top: u32,
+        _base: u32,
+        _count: u32,
+    ) -> Result<LaunchOutput, GpuError> {
+        assert_eq!(*words, scrypt_kernel_words(&self.header));
+        Ok(LaunchOutput {
+            count: self.wrong.len() as u32,
+            nonces: self.wrong.clone(),
+        })
+    }
+
+    fn max_scrypt_launch(&self) -> u32 {
+        LAUNCH_GRANULE
     }
 }
 
@@ -127,10 +145,15 @@ fn launch_size_moves_toward_the_target_time_within_bounds() {
     assert_eq!(gpu.launch_nonces(), LAUNCH_GRANULE);
 }
 
+/// PoCL 3.1 was seen to crash (SIGSEGV) when two tests drove OpenCL from two threads at once:
+/// the OpenCL tests take turns.
+static OPENCL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The OpenCL devices of this machine with the kernel built, CPU devices (PoCL) included. With
 /// none, the test is skipped loudly, or fails when `RIGFLEET_REQUIRE_OPENCL=1` (CI installs PoCL
 /// and sets it, so a broken install cannot pass silently).
-fn opencl_scanners(test: &str) -> Vec<GpuScanner> {
+fn opencl_scanners(test: &str) -> (std::sync::MutexGuard<'static, ()>, Vec<GpuScanner>) {
+    let turn = OPENCL_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let found = discover(&DiscoverOptions {
         opencl: true,
         cuda: false,
@@ -147,12 +170,13 @@ fn opencl_scanners(test: &str) -> Vec<GpuScanner> {
             "\n*** SKIPPED {test}: no OpenCL platform/device ({why}); install pocl-opencl-icd ***\n"
         );
     }
-    found.scanners
+    (turn, found.scanners)
 }
 
 #[test]
 fn opencl_sha256d_finds_the_nonces_of_real_blocks() {
-    for mut gpu in opencl_scanners("opencl_sha256d_finds_the_nonces_of_real_blocks") {
+    let (_turn, scanners) = opencl_scanners("opencl_sha256d_finds_the_nonces_of_real_blocks");
+    for mut gpu in scanners {
         for block in SHA256D_BLOCKS {
             let header = block.header();
             let target = Target::from_nbits(block.bits).unwrap();
@@ -176,7 +200,8 @@ fn opencl_sha256d_finds_the_nonces_of_real_blocks() {
 
 #[test]
 fn opencl_sha256d_equals_the_cpu_on_random_work() {
-    for mut gpu in opencl_scanners("opencl_sha256d_equals_the_cpu_on_random_work") {
+    let (_turn, scanners) = opencl_scanners("opencl_sha256d_equals_the_cpu_on_random_work");
+    for mut gpu in scanners {
         let mut rng = SplitMix64(0x5eed_0018);
         for case in 0..12 {
             let header = rng.header();
@@ -196,6 +221,78 @@ fn opencl_sha256d_equals_the_cpu_on_random_work() {
             let cpu = cpu_scan(&header, &target, range);
             assert_eq!(out.rejected, 0, "case {case}");
             assert_eq!(out.candidates, cpu, "case {case} on {}", gpu.info().name);
+        }
+    }
+}
+
+#[test]
+fn wrong_scrypt_nonces_from_a_gpu_are_rejected() {
+    let header = LITECOIN_GENESIS.header();
+    // The genesis nonce is right; its neighbours miss the block target's top word (about one
+    // hash in 2^12 passes it; these two do not, as the CPU recomputes).
+    let n = LITECOIN_GENESIS.nonce;
+    let mut gpu = fake(header, vec![n - 1, n, n + 1]);
+    let target = Target::from_nbits(LITECOIN_GENESIS.bits).unwrap();
+    let out = gpu
+        .scan(
+            Algorithm::Scrypt,
+            &header,
+            &target,
+            NonceRange::new(n - 10, n + 10),
+        )
+        .unwrap();
+    assert_eq!(out.candidates, vec![n]);
+    assert_eq!(out.rejected, 2);
+}
+
+fn cpu_scrypt_scan(header: &[u8; 80], target: &Target, range: NonceRange) -> Vec<u32> {
+    let mut found = Vec::new();
+    Algorithm::Scrypt
+        .kernel("portable")
+        .unwrap()
+        .scan(header, target, range, &mut found);
+    found
+}
+
+#[test]
+fn opencl_scrypt_finds_the_litecoin_genesis_nonce_and_equals_the_cpu() {
+    let (_turn, scanners) =
+        opencl_scanners("opencl_scrypt_finds_the_litecoin_genesis_nonce_and_equals_the_cpu");
+    for mut gpu in scanners {
+        let header = LITECOIN_GENESIS.header();
+        let target = Target::from_nbits(LITECOIN_GENESIS.bits).unwrap();
+        let n = LITECOIN_GENESIS.nonce;
+        let range = NonceRange::new(n - 300, n + 300);
+        let out = gpu
+            .scan(Algorithm::Scrypt, &header, &target, range)
+            .unwrap();
+        assert_eq!(out.rejected, 0);
+        assert_eq!(out.candidates, vec![n], "on {}", gpu.info().name);
+
+        // Random headers, one nonce in 2^6 passing, the last case at the top of the space.
+        let mut rng = SplitMix64(0x5c_0018);
+        for case in 0..3 {
+            let header = rng.header();
+            let target = target_with_top(u32::MAX >> 6);
+            let first = if case == 2 {
+                u32::MAX - 599
+            } else {
+                rng.next_u64() as u32 >> 1
+            };
+            let range = NonceRange::new(first, first + 599);
+            let out = gpu
+                .scan(Algorithm::Scrypt, &header, &target, range)
+                .unwrap();
+            assert_eq!(out.rejected, 0, "case {case}");
+            assert_eq!(
+                out.candidates,
+                cpu_scrypt_scan(&header, &target, range),
+                "case {case}"
+            );
+            assert!(
+                !out.candidates.is_empty(),
+                "case {case} has hits to compare"
+            );
         }
     }
 }
