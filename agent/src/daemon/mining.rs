@@ -38,6 +38,9 @@ use tokio::task::JoinHandle;
 
 use super::config::{Adjustment, Refusal, SafetyBounds};
 
+pub mod calibration;
+pub use calibration::CpuTuning;
+
 /// The stable id of the engine's CPU device; device settings for it set the thread count and
 /// whether the CPU mines at all.
 pub const CPU_DEVICE_ID: &str = "cpu";
@@ -54,6 +57,10 @@ pub struct RuntimeOptions {
     pub default_threads: usize,
     /// Pin worker `i` to core `i`.
     pub pin: bool,
+    /// The CPU kernel path and thread count by measurement (off by default; the daemon turns it
+    /// on with its state folder). When on, a config that names no thread count mines with the
+    /// measured best count instead of one per core.
+    pub cpu: CpuTuning,
 }
 
 impl Default for RuntimeOptions {
@@ -61,6 +68,7 @@ impl Default for RuntimeOptions {
         Self {
             default_threads: 0,
             pin: true,
+            cpu: CpuTuning::default(),
         }
     }
 }
@@ -213,7 +221,8 @@ impl MiningRuntime {
                 Some(r) if r.target == target => Change::Unchanged,
                 Some(r)
                     if r.target.algorithm == target.algorithm
-                        && r.target.threads == target.threads =>
+                        && r.target.threads == target.threads
+                        && r.target.path == target.path =>
                 {
                     let old = r.switch_client(client_config, target.pools)?;
                     let stopped = old.stop().await;
@@ -332,6 +341,8 @@ impl MiningRuntime {
 struct Target {
     algorithm: Algorithm,
     threads: usize,
+    /// Kernel path (`None`: the engine's own choice).
+    path: Option<String>,
     pools: Vec<PoolSpec>,
 }
 
@@ -394,20 +405,25 @@ fn plan(
             ignored_devices,
         });
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capped = |n: usize| bounds.max_cpu_threads.map_or(n, |max| n.min(max as usize));
+    let choice = options.cpu.choose(algorithm, capped(cores));
     let threads = match cpu.and_then(|c| c.threads) {
         // Already clamped to max_cpu_threads.
         Some(n) => n as usize,
         None => {
-            let n = match options.default_threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
+            let n = match (options.default_threads, &choice) {
+                (0, Some(c)) => c.threads,
+                (0, None) => cores,
+                (n, _) => n,
             };
-            bounds.max_cpu_threads.map_or(n, |max| n.min(max as usize))
+            capped(n)
         }
     };
     let target = Target {
         algorithm,
         threads,
+        path: choice.map(|c| c.path),
         pools: config.pools.clone(),
     };
     Ok(Plan {
@@ -440,6 +456,7 @@ impl Running {
             CpuConfig {
                 threads: target.threads,
                 pin: options.pin,
+                path: target.path.clone(),
                 ..CpuConfig::new(target.algorithm)
             },
             device_events,

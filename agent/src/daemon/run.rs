@@ -99,7 +99,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon(config, DaemonOptions::default(), shutdown_signal()))
+    // The CPU kernel path and thread count are measured on this machine and cached in the
+    // state folder (issue 18); tests leave this off to save the seconds it measures.
+    let options = DaemonOptions {
+        runtime: RuntimeOptions {
+            cpu: super::mining::CpuTuning::new(config.state_dir.clone(), config.cpu.clone()),
+            ..RuntimeOptions::default()
+        },
+        ..DaemonOptions::default()
+    };
+    runtime.block_on(daemon(config, options, shutdown_signal()))
 }
 
 /// Knobs of the daemon that are not user settings (tests shorten them).

@@ -325,9 +325,10 @@ pub fn devices() -> Result<Vec<ClDevice>, GpuError> {
                 let domain: u32 =
                     info_value(gi, "clGetDeviceInfo", device, CL_DEVICE_PCI_DOMAIN_ID_NV)
                         .unwrap_or(0);
-                // The slot id packs device (bits 3..8) and function (bits 0..3).
+                // NVIDIA's driver reports the PCI device number as the slot (seen on an H200 at
+                // 0000:00:06.0: slot 6), function 0 (GPUs are function 0 of their device).
                 bus.zip(slot)
-                    .map(|(bus, slot)| super::pci_device_id(domain, bus, slot >> 3, slot & 7))
+                    .map(|(bus, slot)| super::pci_device_id(domain, bus, slot, 0))
             } else {
                 None
             };

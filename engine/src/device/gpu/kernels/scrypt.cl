@@ -29,6 +29,15 @@ typedef unsigned int uint4 __attribute__((ext_vector_type(4)));
 #define ATOMIC_INC(p) atomic_inc(p)
 #endif
 
+/* clang's NVPTX build left the 128-byte X array in local memory until every helper was forced
+ * inline; OpenCL drivers (NVIDIA's, PoCL) inline on their own, and forcing it made PoCL's build of
+ * this kernel take minutes, so the attribute is for the PTX build only. */
+#ifdef RIGFLEET_PTX
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static
+#endif
+
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 #define ROTL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
 #define BSIG0(x) (ROTR(x, 2) ^ ROTR(x, 13) ^ ROTR(x, 22))
@@ -54,7 +63,7 @@ __constant uint SK[64] = {
     0xc67178f2u };
 
 /* One SHA-256 compression of the 16 big-endian words `blk` into `s`. */
-static void sha256_compress(uint *s, const uint *blk)
+INLINE void sha256_compress(uint *s, const uint *blk)
 {
     uint w[16];
 #pragma unroll
@@ -75,14 +84,14 @@ static void sha256_compress(uint *s, const uint *blk)
     s[0] += a; s[1] += b; s[2] += c; s[3] += d; s[4] += e; s[5] += f; s[6] += g; s[7] += h;
 }
 
-static void sha256_iv(uint *s)
+INLINE void sha256_iv(uint *s)
 {
     s[0] = 0x6a09e667u; s[1] = 0xbb67ae85u; s[2] = 0x3c6ef372u; s[3] = 0xa54ff53au;
     s[4] = 0x510e527fu; s[5] = 0x9b05688cu; s[6] = 0x1f83d9abu; s[7] = 0x5be0cd19u;
 }
 
 /* B = Salsa20/8(B ^ Bx) (RFC 7914 section 3), B and Bx 16 little-endian words. */
-static void xor_salsa8(uint *B, const uint *Bx)
+INLINE void xor_salsa8(uint *B, const uint *Bx)
 {
     uint x[16];
 #pragma unroll
@@ -108,6 +117,35 @@ static void xor_salsa8(uint *B, const uint *Bx)
     }
 #pragma unroll
     for (int i = 0; i < 16; i++) B[i] += x[i];
+}
+
+/* PBKDF2 output block n: HMAC(header, header || INT(n)) from `inner` (the ipad state after the
+ * header's first 64 bytes) and `ostate`, as 8 little-endian words (Scrypt reads bytes that way).
+ * A function called four times rather than a loop, so that every index into X is a constant and
+ * X stays in registers. */
+INLINE void pbkdf2_block(
+    uint n, const uint *inner, const uint *ostate, __global const uint *hdr, uint w3, uint *x8)
+{
+    uint s[8], blk[16];
+#pragma unroll
+    for (int i = 0; i < 8; i++) s[i] = inner[i];
+    blk[0] = hdr[16]; blk[1] = hdr[17]; blk[2] = hdr[18]; blk[3] = w3;
+    blk[4] = n; blk[5] = 0x80000000u;
+#pragma unroll
+    for (int i = 6; i < 15; i++) blk[i] = 0;
+    blk[15] = (64 + 84) * 8;
+    sha256_compress(s, blk);
+#pragma unroll
+    for (int i = 0; i < 8; i++) blk[i] = s[i];
+    blk[8] = 0x80000000u;
+#pragma unroll
+    for (int i = 9; i < 15; i++) blk[i] = 0;
+    blk[15] = (64 + 32) * 8;
+#pragma unroll
+    for (int i = 0; i < 8; i++) s[i] = ostate[i];
+    sha256_compress(s, blk);
+#pragma unroll
+    for (int i = 0; i < 8; i++) x8[i] = BSWAP32(s[i]);
 }
 
 __kernel void scrypt_scan(__global const uint *hdr, uint base, uint top, uint capacity,
@@ -153,29 +191,10 @@ __kernel void scrypt_scan(__global const uint *hdr, uint base, uint top, uint ca
 #pragma unroll
     for (int i = 0; i < 16; i++) blk[i] = hdr[i];
     sha256_compress(inner, blk);
-#pragma unroll
-    for (uint n = 1; n <= 4; n++) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) s[i] = inner[i];
-        blk[0] = hdr[16]; blk[1] = hdr[17]; blk[2] = hdr[18]; blk[3] = w3;
-        blk[4] = n; blk[5] = 0x80000000u;
-#pragma unroll
-        for (int i = 6; i < 15; i++) blk[i] = 0;
-        blk[15] = (64 + 84) * 8;
-        sha256_compress(s, blk);
-#pragma unroll
-        for (int i = 0; i < 8; i++) blk[i] = s[i];
-        blk[8] = 0x80000000u;
-#pragma unroll
-        for (int i = 9; i < 15; i++) blk[i] = 0;
-        blk[15] = (64 + 32) * 8;
-#pragma unroll
-        for (int i = 0; i < 8; i++) s[i] = ostate[i];
-        sha256_compress(s, blk);
-        /* Scrypt reads the bytes as little-endian words. */
-#pragma unroll
-        for (int i = 0; i < 8; i++) X[(n - 1) * 8 + i] = BSWAP32(s[i]);
-    }
+    pbkdf2_block(1, inner, ostate, hdr, w3, &X[0]);
+    pbkdf2_block(2, inner, ostate, hdr, w3, &X[8]);
+    pbkdf2_block(3, inner, ostate, hdr, w3, &X[16]);
+    pbkdf2_block(4, inner, ostate, hdr, w3, &X[24]);
 
     /* ROMix. */
     for (uint j = 0; j < 1024; j++) {
