@@ -14,12 +14,16 @@
 //! new job reaches the card quickly), rescans a launch on the CPU if the card found more
 //! candidates than its buffer holds, and rechecks every candidate with the portable CPU code, so a
 //! GPU that computes wrong answers is counted ([`ScanOutcome::rejected`]), never believed.
+//! [`GpuDevice`] puts a scanner behind the engine's `Device` trait.
 
 pub mod cuda;
+mod device;
 mod dynlib;
 pub mod opencl;
 
 use std::time::{Duration, Instant};
+
+pub use device::GpuDevice;
 
 use crate::algo::sha256d::precomp::Precomputed;
 use crate::algo::sha256d::{self, Prepared};

@@ -296,3 +296,57 @@ fn opencl_scrypt_finds_the_litecoin_genesis_nonce_and_equals_the_cpu() {
         }
     }
 }
+
+fn next_event(rx: &crate::device::EventReceiver) -> crate::device::DeviceEvent {
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("an event from the GPU device")
+}
+
+#[test]
+fn gpu_device_with_wrong_nonces_fails_and_reports_none_of_them() {
+    use crate::device::{event_channel, Device, DeviceEvent};
+    let header = SHA256D_BLOCKS[0].header();
+    let target = Target::from_nbits(SHA256D_BLOCKS[0].bits).unwrap();
+    // Nonces 5 and 6 do not meet the genesis target; a broken card returns them.
+    let (tx, rx) = event_channel();
+    let mut dev = GpuDevice::new(fake(header, vec![5, 6]), Algorithm::Sha256d, tx).unwrap();
+    let mut work = crate::Work::new("j", Algorithm::Sha256d, header, target);
+    work.nonce_range = NonceRange::new(0, 1023);
+    dev.start(work).unwrap();
+    match next_event(&rx) {
+        DeviceEvent::Failed { reason, .. } => assert!(reason.contains("recheck"), "{reason}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(dev.hardware_errors() >= 2);
+}
+
+#[test]
+fn opencl_gpu_device_mines_the_genesis_block() {
+    use crate::device::{event_channel, Device, DeviceEvent};
+    let (_turn, scanners) = opencl_scanners("opencl_gpu_device_mines_the_genesis_block");
+    for gpu in scanners {
+        let block = SHA256D_BLOCKS[0];
+        let (tx, rx) = event_channel();
+        let mut dev = GpuDevice::new(gpu, Algorithm::Sha256d, tx).unwrap();
+        let mut work = crate::Work::new(
+            "genesis",
+            Algorithm::Sha256d,
+            block.header(),
+            Target::from_nbits(block.bits).unwrap(),
+        );
+        work.nonce_range = NonceRange::new(block.nonce - 50_000, block.nonce + 50_000);
+        let id = work.id;
+        dev.start(work).unwrap();
+        match next_event(&rx) {
+            DeviceEvent::Found { nonce, work_id, .. } => {
+                assert_eq!((nonce, work_id), (block.nonce, id))
+            }
+            other => panic!("expected Found, got {other:?}"),
+        }
+        match next_event(&rx) {
+            DeviceEvent::Exhausted { work_id, .. } => assert_eq!(work_id, id),
+            other => panic!("expected Exhausted, got {other:?}"),
+        }
+        assert!(dev.hashes_done().unwrap() >= 100_001);
+    }
+}
