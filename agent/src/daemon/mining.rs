@@ -61,6 +61,10 @@ pub struct RuntimeOptions {
     /// on with its state folder). When on, a config that names no thread count mines with the
     /// measured best count instead of one per core.
     pub cpu: CpuTuning,
+    /// Also mine on the GPUs the engine finds (OpenCL, else PTX through the CUDA driver), each
+    /// a device beside the CPU. Off by default (tests); the daemon turns it on. A GPU that
+    /// cannot be set up is logged and left out; the CPU mines regardless.
+    pub gpus: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -69,6 +73,7 @@ impl Default for RuntimeOptions {
             default_threads: 0,
             pin: true,
             cpu: CpuTuning::default(),
+            gpus: false,
         }
     }
 }
@@ -433,6 +438,36 @@ fn plan(
     })
 }
 
+/// The GPUs of this rig as engine devices for `algorithm`. Every failure (no driver, no card, a
+/// kernel that does not build) is logged and skips that GPU only.
+fn gpu_devices(
+    algorithm: Algorithm,
+    events: &rigfleet_engine::device::EventSender,
+) -> Vec<Box<dyn rigfleet_engine::Device>> {
+    use rigfleet_engine::device::gpu::{discover, DiscoverOptions, GpuDevice};
+    let found = discover(&DiscoverOptions::default());
+    for problem in &found.problems {
+        tracing::info!(%problem, "A GPU route is not available; the CPU and other GPUs mine");
+    }
+    let mut out: Vec<Box<dyn rigfleet_engine::Device>> = Vec::new();
+    for scanner in found.scanners {
+        let info = scanner.info().clone();
+        match GpuDevice::new(scanner, algorithm, events.clone()) {
+            Ok(dev) => {
+                tracing::info!(
+                    device = %info.id,
+                    name = %info.name,
+                    route = info.route.name(),
+                    "Mining on a GPU"
+                );
+                out.push(Box::new(dev));
+            }
+            Err(error) => tracing::warn!(device = %info.id, %error, "GPU left out"),
+        }
+    }
+    out
+}
+
 /// A running miner and the client feeding it.
 struct Running {
     target: Target,
@@ -459,10 +494,14 @@ impl Running {
                 path: target.path.clone(),
                 ..CpuConfig::new(target.algorithm)
             },
-            device_events,
+            device_events.clone(),
         )?;
+        let mut devices: Vec<Box<dyn rigfleet_engine::Device>> = vec![Box::new(cpu)];
+        if options.gpus {
+            devices.extend(gpu_devices(target.algorithm, &device_events));
+        }
         let (share_tx, share_rx) = std::sync::mpsc::channel();
-        let miner = Arc::new(Miner::new(vec![Box::new(cpu)], device_event_rx, share_tx)?);
+        let miner = Arc::new(Miner::new(devices, device_event_rx, share_tx)?);
         let router = Arc::new(ShareRouter::default());
         spawn_share_router(share_rx, Arc::clone(&router))?;
         let gate = Arc::new(Mutex::new(0));

@@ -100,10 +100,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     // The CPU kernel path and thread count are measured on this machine and cached in the
-    // state folder (issue 18); tests leave this off to save the seconds it measures.
+    // state folder, and GPUs mine beside the CPU (issue 18); tests leave both off.
     let options = DaemonOptions {
         runtime: RuntimeOptions {
             cpu: super::mining::CpuTuning::new(config.state_dir.clone(), config.cpu.clone()),
+            gpus: true,
             ..RuntimeOptions::default()
         },
         ..DaemonOptions::default()
