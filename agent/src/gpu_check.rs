@@ -167,6 +167,25 @@ pub fn run(args: &GpuCheckArgs) -> Result<()> {
                 println!("scrypt rate: FAILED: {e:#}");
             }
         }
+        // The path the daemon mines on: the scanner as an engine device under the real Miner
+        // (nonce slices, job switches, every share rechecked).
+        match through_miner(scanner, Duration::from_secs_f64(args.seconds.min(5.0))) {
+            Ok((hps, share_ok)) => {
+                println!(
+                    "miner: sha256d {:.1} MH/s through GpuDevice + Miner, genesis share {}",
+                    hps / 1e6,
+                    if share_ok { "found" } else { "NOT found" }
+                );
+                json["miner_sha256d_hps"] = hps.into();
+                if !share_ok {
+                    failures += 1;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("miner: FAILED: {e:#}");
+            }
+        }
         for (label, reading) in [("before", &before), ("after", &after)] {
             if let Some(r) = reading {
                 println!("nvml {label}: {}", r.line());
@@ -361,6 +380,54 @@ fn measure_algo(scanner: &mut GpuScanner, algo: Algorithm, duration: Duration) -
     rate.wall_secs = started.elapsed().as_secs_f64();
     rate.launch_nonces = scanner.launch_nonces_for(algo);
     Ok(rate)
+}
+
+/// Mines through `GpuDevice` and the engine's `Miner`: the Bitcoin genesis block's share must
+/// come out, then the rate over `duration` on rolling headers.
+fn through_miner(scanner: GpuScanner, duration: Duration) -> Result<(f64, bool)> {
+    use rigfleet_engine::device::event_channel;
+    use rigfleet_engine::device::gpu::GpuDevice;
+    use rigfleet_engine::{Miner, Work};
+    let (tx, rx) = event_channel();
+    let device = GpuDevice::new(scanner, Algorithm::Sha256d, tx)?;
+    let (share_tx, shares) = std::sync::mpsc::channel();
+    let miner = Miner::new(vec![Box::new(device)], rx, share_tx)?;
+    let block = SHA256D_BLOCKS[0];
+    let mut work = Work::new(
+        "genesis",
+        Algorithm::Sha256d,
+        block.header(),
+        Target::from_nbits(block.bits)?,
+    );
+    work.nonce_range = NonceRange::new(block.nonce - (1 << 24), block.nonce + (1 << 24));
+    let mut once = Some(work);
+    miner.set_source(Box::new(move || once.take()));
+    let share_ok = loop {
+        match shares.recv_timeout(Duration::from_secs(20)) {
+            Ok(share) if &*share.work.job_id == "genesis" => break share.nonce == block.nonce,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    let mut counter = 0u64;
+    let target = Target::from_nbits(0x1d00ffff)?;
+    miner.set_source(Box::new(move || {
+        counter += 1;
+        let mut header = block.header();
+        header[36..44].copy_from_slice(&counter.to_le_bytes());
+        Some(Work::new(
+            format!("roll-{counter}"),
+            Algorithm::Sha256d,
+            header,
+            target,
+        ))
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let h0 = miner.stats().devices[0].hashes_total;
+    let t0 = Instant::now();
+    std::thread::sleep(duration);
+    let h1 = miner.stats().devices[0].hashes_total;
+    Ok(((h1 - h0) as f64 / t0.elapsed().as_secs_f64(), share_ok))
 }
 
 /// Read-only NVML access for the check.
