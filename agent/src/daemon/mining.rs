@@ -191,6 +191,8 @@ pub struct MiningRuntime {
     applied: Option<DesiredConfig>,
     /// Share counters of clients already stopped.
     carried: ShareTotals,
+    /// Device failures already reported (device id, reason), so each is reported once.
+    reported_failures: std::collections::HashSet<(String, String)>,
 }
 
 impl MiningRuntime {
@@ -202,7 +204,27 @@ impl MiningRuntime {
             running: None,
             applied: None,
             carried: ShareTotals::default(),
+            reported_failures: Default::default(),
         }
+    }
+
+    /// Devices of the running miner that stopped since the last call (a GPU whose driver failed
+    /// or whose nonces failed the CPU recheck), each with its reason, once per device and reason.
+    /// Such a device hashes no more until the next miner start; the others keep mining.
+    pub fn new_device_failures(&mut self) -> Vec<(String, String)> {
+        let Some(running) = &self.running else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for device in running.miner.stats().devices {
+            if let Some(reason) = device.last_error {
+                let key = (device.info.id.0.clone(), reason);
+                if self.reported_failures.insert(key.clone()) {
+                    out.push(key);
+                }
+            }
+        }
+        out
     }
 
     /// The last config applied successfully (what to persist and report as applied).

@@ -417,7 +417,8 @@ fn start_online(
     online
 }
 
-/// One watchdog look at the CPU device; each step is logged and reported.
+/// One watchdog look at the devices: failed GPUs are reported, the CPU is restarted or disabled
+/// when it stops hashing; each step is logged and reported.
 async fn watch_devices(
     mining: &mut MiningRuntime,
     watchdog: &mut Watchdog,
@@ -426,6 +427,20 @@ async fn watch_devices(
 ) {
     use rigfleet_proto::agent_to_server::Severity;
     use rigfleet_stratum::client::PoolState;
+    let mut online = online;
+    // A GPU that failed (driver error, nonces refused by the CPU recheck) has stopped itself;
+    // say so once, while the CPU and the other devices keep mining (issue 18).
+    for (device, reason) in mining.new_device_failures() {
+        tracing::warn!(%device, %reason, "Device failed and stopped; the other devices keep mining");
+        if let Some(o) = online.as_mut() {
+            o.event(
+                Severity::Error,
+                "device_failed",
+                format!("device {device} stopped until the next config: {reason}"),
+            )
+            .await;
+        }
+    }
     let snap = mining.snapshot();
     let should_mine = snap.algorithm.is_some()
         && snap
