@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rigfleet_engine::calibrate;
 use rigfleet_engine::device::cpu::{CpuConfig, CpuDevice};
 use rigfleet_engine::device::event_channel;
 use rigfleet_engine::test_vectors::{BITCOIN_GENESIS, LITECOIN_GENESIS};
@@ -42,6 +43,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 86_400.0) {
         bail!("--seconds must be between 0 and 86400");
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The calibration mining runs (issue 18): every path on one thread, then thread counts on the
+    // fastest. The daemon caches this in its state folder; bench measures it afresh.
+    let calibration = calibrate::calibrate(algorithm, cores, calibrate::Budget::default());
+    print_calibration(&calibration, args.json);
     let paths: Vec<String> = match args.path.as_deref() {
         Some("all") => algorithm
             .kernels()
@@ -49,9 +55,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map(|k| k.path().to_string())
             .collect(),
         Some(path) => vec![algorithm.kernel(path)?.path().to_string()],
-        None => vec![algorithm.best_kernel()?.path().to_string()],
+        None => vec![calibration.path.clone()],
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let thread_counts: Vec<usize> = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => vec![n],
@@ -124,6 +129,54 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_calibration(c: &calibrate::Calibration, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "algo": c.algorithm.id(),
+                "measure": "calibration",
+                "cpu": calibrate::cpu_model(),
+                "paths_hps_1_thread": c.paths.iter().map(|p| (p.path.clone(), p.hps.into())).collect::<serde_json::Map<_, _>>(),
+                "threads_hps": c.thread_rates.iter().map(|r| (r.threads.to_string(), r.hps.into())).collect::<serde_json::Map<_, _>>(),
+                "mining_path": c.path,
+                "mining_threads": c.threads,
+            })
+        );
+        return;
+    }
+    println!(
+        "calibration on {} ({}):",
+        calibrate::cpu_model(),
+        c.algorithm.id()
+    );
+    for p in &c.paths {
+        let mark = if p.path == c.path {
+            "  <- mining uses this path"
+        } else {
+            ""
+        };
+        println!(
+            "  path {:<10} 1 thread  {:>12}{mark}",
+            p.path,
+            format_rate(p.hps)
+        );
+    }
+    for r in &c.thread_rates {
+        let mark = if r.threads == c.threads {
+            "  <- mining uses this count"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<15} {:>2} threads {:>12}{mark}",
+            c.path,
+            r.threads,
+            format_rate(r.hps)
+        );
+    }
 }
 
 struct Measurement {

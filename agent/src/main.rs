@@ -5,6 +5,7 @@
 mod bench;
 mod daemon;
 mod enroll;
+mod gpu_check;
 #[cfg(test)]
 mod link_tests;
 mod mine;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Measure the hashing engine on this CPU.
     Bench(bench::BenchArgs),
+    /// Check and measure the GPUs (kernels against the CPU path, rates, NVML readings; read-only).
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Mine on Stratum pools with this machine's CPU, without a server (standalone miner).
     Mine(mine::MineArgs),
     /// Run a small validating Stratum pool (for tests and the demo).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::GpuCheck(args) => gpu_check::run(&args),
         Command::Mine(args) => mine::run(args),
         Command::Pool(args) => pool::run(args),
         Command::Run(args) => daemon::run::run(args),

@@ -6,12 +6,14 @@
 //! - [`algo`]: algorithms and their scan kernels (portable and SIMD, picked at run time).
 //! - [`target`]: 256-bit targets, nBits, difficulty.
 //! - [`work`]: a header template with its share target, nonce range and version-rolling mask.
-//! - [`device`]: the `Device` trait and the CPU backend.
+//! - [`calibrate`]: picks the CPU kernel path and thread count by measuring them.
+//! - [`device`]: the `Device` trait, the CPU backend and the GPU routes (`device::gpu`).
 //! - [`miner`]: splits nonce space across devices, rolls work, rechecks every found nonce.
 //! - [`meter`]: 5 s / 1 min / 15 min hash-rate averages.
 //! - [`test_vectors`]: real block headers and published hashes used by the tests.
 
 pub mod algo;
+pub mod calibrate;
 pub mod error;
 pub mod hex;
 pub mod target;

@@ -88,6 +88,22 @@ pub struct AgentConfig {
     pub safety: SafetyBounds,
     /// What the server may do beyond mining.
     pub opt_in: OptIns,
+    /// CPU kernel paths that override the measured choice.
+    pub cpu: CpuOverrides,
+}
+
+/// `[cpu]`: kernel paths that override the calibration (issue 18), for a CPU where the
+/// measurement misleads (thermal limits under sustained load, say). Unset = the fastest path
+/// measured on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuOverrides {
+    /// SHA-256d path: `portable`, `avx2`, `avx512`, `shani` (those this CPU has).
+    #[serde(default)]
+    pub sha256d_path: Option<String>,
+    /// Scrypt path: `portable`, `avx2`, `avx512`… (those this CPU has).
+    #[serde(default)]
+    pub scrypt_path: Option<String>,
 }
 
 /// How to reach the server.
@@ -182,6 +198,8 @@ struct FileConfig {
     safety: SafetyBounds,
     #[serde(default)]
     opt_in: OptIns,
+    #[serde(default)]
+    cpu: CpuOverrides,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,6 +440,24 @@ fn merge(
     file.safety
         .validate()
         .map_err(|(key, reason)| invalid(key, file_source, reason))?;
+    for (key, algorithm, path) in [
+        (
+            "cpu.sha256d_path",
+            rigfleet_engine::Algorithm::Sha256d,
+            &file.cpu.sha256d_path,
+        ),
+        (
+            "cpu.scrypt_path",
+            rigfleet_engine::Algorithm::Scrypt,
+            &file.cpu.scrypt_path,
+        ),
+    ] {
+        if let Some(path) = path {
+            algorithm
+                .kernel(path)
+                .map_err(|e| invalid(key, file_source, e.to_string()))?;
+        }
+    }
 
     Ok(AgentConfig {
         link: LinkConfig {
@@ -436,6 +472,7 @@ fn merge(
         },
         safety: file.safety,
         opt_in,
+        cpu: file.cpu,
     })
 }
 

@@ -38,6 +38,9 @@ use tokio::task::JoinHandle;
 
 use super::config::{Adjustment, Refusal, SafetyBounds};
 
+pub mod calibration;
+pub use calibration::CpuTuning;
+
 /// The stable id of the engine's CPU device; device settings for it set the thread count and
 /// whether the CPU mines at all.
 pub const CPU_DEVICE_ID: &str = "cpu";
@@ -54,6 +57,14 @@ pub struct RuntimeOptions {
     pub default_threads: usize,
     /// Pin worker `i` to core `i`.
     pub pin: bool,
+    /// The CPU kernel path and thread count by measurement (off by default; the daemon turns it
+    /// on with its state folder). When on, a config that names no thread count mines with the
+    /// measured best count instead of one per core.
+    pub cpu: CpuTuning,
+    /// Also mine on the GPUs the engine finds (OpenCL, else PTX through the CUDA driver), each
+    /// a device beside the CPU. Off by default (tests); the daemon turns it on. A GPU that
+    /// cannot be set up is logged and left out; the CPU mines regardless.
+    pub gpus: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -61,6 +72,8 @@ impl Default for RuntimeOptions {
         Self {
             default_threads: 0,
             pin: true,
+            cpu: CpuTuning::default(),
+            gpus: false,
         }
     }
 }
@@ -178,6 +191,8 @@ pub struct MiningRuntime {
     applied: Option<DesiredConfig>,
     /// Share counters of clients already stopped.
     carried: ShareTotals,
+    /// Device failures already reported (device id, reason), so each is reported once.
+    reported_failures: std::collections::HashSet<(String, String)>,
 }
 
 impl MiningRuntime {
@@ -189,7 +204,27 @@ impl MiningRuntime {
             running: None,
             applied: None,
             carried: ShareTotals::default(),
+            reported_failures: Default::default(),
         }
+    }
+
+    /// Devices of the running miner that stopped since the last call (a GPU whose driver failed
+    /// or whose nonces failed the CPU recheck), each with its reason, once per device and reason.
+    /// Such a device hashes no more until the next miner start; the others keep mining.
+    pub fn new_device_failures(&mut self) -> Vec<(String, String)> {
+        let Some(running) = &self.running else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for device in running.miner.stats().devices {
+            if let Some(reason) = device.last_error {
+                let key = (device.info.id.0.clone(), reason);
+                if self.reported_failures.insert(key.clone()) {
+                    out.push(key);
+                }
+            }
+        }
+        out
     }
 
     /// The last config applied successfully (what to persist and report as applied).
@@ -213,7 +248,8 @@ impl MiningRuntime {
                 Some(r) if r.target == target => Change::Unchanged,
                 Some(r)
                     if r.target.algorithm == target.algorithm
-                        && r.target.threads == target.threads =>
+                        && r.target.threads == target.threads
+                        && r.target.path == target.path =>
                 {
                     let old = r.switch_client(client_config, target.pools)?;
                     let stopped = old.stop().await;
@@ -332,6 +368,8 @@ impl MiningRuntime {
 struct Target {
     algorithm: Algorithm,
     threads: usize,
+    /// Kernel path (`None`: the engine's own choice).
+    path: Option<String>,
     pools: Vec<PoolSpec>,
 }
 
@@ -394,20 +432,25 @@ fn plan(
             ignored_devices,
         });
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let capped = |n: usize| bounds.max_cpu_threads.map_or(n, |max| n.min(max as usize));
+    let choice = options.cpu.choose(algorithm, capped(cores));
     let threads = match cpu.and_then(|c| c.threads) {
         // Already clamped to max_cpu_threads.
         Some(n) => n as usize,
         None => {
-            let n = match options.default_threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
+            let n = match (options.default_threads, &choice) {
+                (0, Some(c)) => c.threads,
+                (0, None) => cores,
+                (n, _) => n,
             };
-            bounds.max_cpu_threads.map_or(n, |max| n.min(max as usize))
+            capped(n)
         }
     };
     let target = Target {
         algorithm,
         threads,
+        path: choice.map(|c| c.path),
         pools: config.pools.clone(),
     };
     Ok(Plan {
@@ -415,6 +458,36 @@ fn plan(
         adjustments,
         ignored_devices,
     })
+}
+
+/// The GPUs of this rig as engine devices for `algorithm`. Every failure (no driver, no card, a
+/// kernel that does not build) is logged and skips that GPU only.
+fn gpu_devices(
+    algorithm: Algorithm,
+    events: &rigfleet_engine::device::EventSender,
+) -> Vec<Box<dyn rigfleet_engine::Device>> {
+    use rigfleet_engine::device::gpu::{discover, DiscoverOptions, GpuDevice};
+    let found = discover(&DiscoverOptions::default());
+    for problem in &found.problems {
+        tracing::info!(%problem, "A GPU route is not available; the CPU and other GPUs mine");
+    }
+    let mut out: Vec<Box<dyn rigfleet_engine::Device>> = Vec::new();
+    for scanner in found.scanners {
+        let info = scanner.info().clone();
+        match GpuDevice::new(scanner, algorithm, events.clone()) {
+            Ok(dev) => {
+                tracing::info!(
+                    device = %info.id,
+                    name = %info.name,
+                    route = info.route.name(),
+                    "Mining on a GPU"
+                );
+                out.push(Box::new(dev));
+            }
+            Err(error) => tracing::warn!(device = %info.id, %error, "GPU left out"),
+        }
+    }
+    out
 }
 
 /// A running miner and the client feeding it.
@@ -440,12 +513,17 @@ impl Running {
             CpuConfig {
                 threads: target.threads,
                 pin: options.pin,
+                path: target.path.clone(),
                 ..CpuConfig::new(target.algorithm)
             },
-            device_events,
+            device_events.clone(),
         )?;
+        let mut devices: Vec<Box<dyn rigfleet_engine::Device>> = vec![Box::new(cpu)];
+        if options.gpus {
+            devices.extend(gpu_devices(target.algorithm, &device_events));
+        }
         let (share_tx, share_rx) = std::sync::mpsc::channel();
-        let miner = Arc::new(Miner::new(vec![Box::new(cpu)], device_event_rx, share_tx)?);
+        let miner = Arc::new(Miner::new(devices, device_event_rx, share_tx)?);
         let router = Arc::new(ShareRouter::default());
         spawn_share_router(share_rx, Arc::clone(&router))?;
         let gate = Arc::new(Mutex::new(0));

@@ -111,7 +111,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon(config, DaemonOptions::default(), shutdown_signal()))
+    // The CPU kernel path and thread count are measured on this machine and cached in the
+    // state folder, and GPUs mine beside the CPU (issue 18); tests leave both off.
+    let options = DaemonOptions {
+        runtime: RuntimeOptions {
+            cpu: super::mining::CpuTuning::new(config.state_dir.clone(), config.cpu.clone()),
+            gpus: true,
+            ..RuntimeOptions::default()
+        },
+        ..DaemonOptions::default()
+    };
+    runtime.block_on(daemon(config, options, shutdown_signal()))
 }
 
 /// Knobs of the daemon that are not user settings (tests shorten them).
@@ -419,7 +429,8 @@ fn start_online(
     online
 }
 
-/// One watchdog look at the CPU device; each step is logged and reported.
+/// One watchdog look at the devices: failed GPUs are reported, the CPU is restarted or disabled
+/// when it stops hashing; each step is logged and reported.
 async fn watch_devices(
     mining: &mut MiningRuntime,
     watchdog: &mut Watchdog,
@@ -428,6 +439,20 @@ async fn watch_devices(
 ) {
     use rigfleet_proto::agent_to_server::Severity;
     use rigfleet_stratum::client::PoolState;
+    let mut online = online;
+    // A GPU that failed (driver error, nonces refused by the CPU recheck) has stopped itself;
+    // say so once, while the CPU and the other devices keep mining (issue 18).
+    for (device, reason) in mining.new_device_failures() {
+        tracing::warn!(%device, %reason, "Device failed and stopped; the other devices keep mining");
+        if let Some(o) = online.as_mut() {
+            o.event(
+                Severity::Error,
+                "device_failed",
+                format!("device {device} stopped until the next config: {reason}"),
+            )
+            .await;
+        }
+    }
     let snap = mining.snapshot();
     let should_mine = snap.algorithm.is_some()
         && snap

@@ -76,7 +76,11 @@ impl Sampler {
             device.power_watts = Some(w as f32);
         }
         let mut devices = vec![device];
-        devices.extend(self.read_gpus().iter().map(gpu_sample));
+        devices.extend(
+            self.read_gpus()
+                .iter()
+                .map(|gpu| merge_engine_gpu(gpu_sample(gpu), snap)),
+        );
         Sample {
             seq: 0,
             time_unix_ms: now_unix_ms(),
@@ -142,6 +146,25 @@ pub fn gpu_sample(gpu: &GpuReading) -> DeviceSample {
         core_clock_mhz: gpu.core_clock_mhz,
         memory_clock_mhz: gpu.memory_clock_mhz,
     }
+}
+
+/// Adds the engine's figures for a GPU it mines on to that GPU's NVML sample. Both name the card
+/// by its PCI bus id (`pci:0000:01:00.0`), so one card is one device, never two (issue 18).
+pub fn merge_engine_gpu(mut sample: DeviceSample, snap: &MiningSnapshot) -> DeviceSample {
+    let Some(stats) = snap.miner.as_ref().and_then(|m| {
+        m.devices
+            .iter()
+            .find(|d| d.info.id.0 == sample.device_id.as_str())
+    }) else {
+        return sample;
+    };
+    let finite = |v: f64| if v.is_finite() && v >= 0.0 { v } else { 0.0 };
+    sample.algorithm = stats.info.algorithm.to_string();
+    sample.enabled = stats.last_error.is_none();
+    sample.hashrate_5s_hps = finite(stats.rates.avg_5s_hps);
+    sample.hashrate_1m_hps = finite(stats.rates.avg_1m_hps);
+    sample.hardware_errors = stats.hardware_errors;
+    sample
 }
 
 /// A GPU as `hello` lists it; no algorithms until a backend can mine on it.
@@ -234,6 +257,80 @@ mod tests {
             miner: None,
             shares: ShareTotals::default(),
         }
+    }
+
+    #[test]
+    fn a_gpu_the_engine_mines_on_is_one_device_with_nvml_and_engine_figures() {
+        use rigfleet_engine::device::{DeviceInfo, DeviceKind, Sensors};
+        use rigfleet_engine::miner::{DeviceStats, MinerStats};
+        use rigfleet_engine::{Algorithm, DeviceId, HashRates};
+        let rates = HashRates {
+            avg_5s_hps: 7.25e9,
+            avg_1m_hps: 7.2e9,
+            avg_15m_hps: 7.1e9,
+        };
+        let mut snap = idle();
+        snap.miner = Some(MinerStats {
+            devices: vec![DeviceStats {
+                info: DeviceInfo {
+                    id: DeviceId("pci:0000:01:00.0".into()),
+                    kind: DeviceKind::Gpu,
+                    name: "NVIDIA H200".into(),
+                    algorithm: Algorithm::Sha256d,
+                    path: "opencl".into(),
+                    workers: 132,
+                },
+                rates,
+                hashes_total: 1,
+                shares: 0,
+                hardware_errors: 3,
+                sensors: Sensors::default(),
+                last_error: None,
+            }],
+            rates,
+        });
+        let mut sampler = with_gpus(vec![
+            gpu(
+                "pci:0000:01:00.0",
+                "NVIDIA H200",
+                50.0,
+                0.0,
+                420.0,
+                1980,
+                3201,
+            ),
+            gpu(
+                "pci:0000:02:00.0",
+                "NVIDIA H200",
+                40.0,
+                0.0,
+                80.0,
+                345,
+                3201,
+            ),
+        ]);
+        let sample = sampler.sample(&snap);
+        let gpus: Vec<_> = sample
+            .devices
+            .iter()
+            .filter(|d| d.device_id.as_str() != "cpu")
+            .collect();
+        assert_eq!(gpus.len(), 2, "one device per card");
+        let mined = gpus
+            .iter()
+            .find(|d| d.device_id.as_str() == "pci:0000:01:00.0")
+            .unwrap();
+        assert_eq!(mined.algorithm, "sha256d");
+        assert!(mined.enabled);
+        assert_eq!(mined.hashrate_5s_hps, 7.25e9);
+        assert_eq!(mined.hardware_errors, 3);
+        assert_eq!(mined.power_watts, Some(420.0));
+        let idle_card = gpus
+            .iter()
+            .find(|d| d.device_id.as_str() == "pci:0000:02:00.0")
+            .unwrap();
+        assert!(!idle_card.enabled);
+        assert_eq!(idle_card.hashrate_5s_hps, 0.0);
     }
 
     fn with_gpus(gpus: Vec<GpuReading>) -> Sampler {

@@ -44,7 +44,7 @@ impl Algorithm {
         }
     }
 
-    /// Every kernel this CPU can run, slowest first; the last one is the default.
+    /// Every kernel this CPU can run, the portable one first.
     pub fn kernels(self) -> Vec<&'static dyn Kernel> {
         match self {
             Algorithm::Sha256d => sha256d::kernels(),
@@ -52,8 +52,8 @@ impl Algorithm {
         }
     }
 
-    /// The kernel to mine with: the fastest this CPU runs, unless `force-portable` or
-    /// [`PATH_ENV`] says otherwise. An unknown or unsupported forced path is an error rather than a
+    /// The kernel to mine with: the fastest this CPU runs as measured here
+    /// ([`Algorithm::measured_kernel`]), unless `force-portable` or [`PATH_ENV`] says otherwise. An unknown or unsupported forced path is an error rather than a
     /// silent fallback, so that a benchmark never reports the wrong path.
     pub fn best_kernel(self) -> Result<&'static dyn Kernel, EngineError> {
         if cfg!(feature = "force-portable") {
@@ -61,11 +61,39 @@ impl Algorithm {
         }
         match std::env::var(PATH_ENV) {
             Ok(path) if !path.is_empty() => self.kernel(&path),
-            _ => Ok(*self
-                .kernels()
-                .last()
-                .expect("BUG: every algorithm has a portable kernel")),
+            _ => Ok(self.measured_kernel()),
         }
+    }
+
+    /// The fastest kernel on this machine as measured once per process (single thread, about
+    /// 0.1 s per path: [`crate::calibrate`]); a CPU with one path skips the measurement. The
+    /// agent keeps a longer calibration, with thread counts, in its state folder instead.
+    pub fn measured_kernel(self) -> &'static dyn Kernel {
+        static CHOSEN: [std::sync::OnceLock<&'static str>; 2] =
+            [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+        let kernels = self.kernels();
+        if kernels.len() == 1 {
+            return kernels[0];
+        }
+        let slot = match self {
+            Algorithm::Sha256d => &CHOSEN[0],
+            Algorithm::Scrypt => &CHOSEN[1],
+        };
+        let path = slot.get_or_init(|| {
+            let budget = crate::calibrate::Budget {
+                per_path: std::time::Duration::from_millis(50),
+                per_thread_count: std::time::Duration::ZERO,
+            };
+            crate::calibrate::calibrate_kernels(self, &kernels, &[1], budget)
+                .map(|c| c.path)
+                .and_then(|p| kernels.iter().map(|k| k.path()).find(|k| *k == p))
+                .unwrap_or("portable")
+        });
+        kernels
+            .iter()
+            .find(|k| k.path() == *path)
+            .copied()
+            .unwrap_or(kernels[0])
     }
 
     /// The kernel with this path name, if the CPU supports it.

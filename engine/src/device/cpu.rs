@@ -292,7 +292,7 @@ fn pin_to_core(core: usize) {
 fn pin_to_core(_core: usize) {}
 
 /// The CPU's model name from /proc/cpuinfo, or a generic name.
-fn cpu_model_name() -> String {
+pub fn cpu_model_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {

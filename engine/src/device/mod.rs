@@ -6,6 +6,7 @@
 //! through [`Device::start`] and reports through an event channel; it never sees Stratum.
 
 pub mod cpu;
+pub mod gpu;
 
 use std::sync::mpsc;
 

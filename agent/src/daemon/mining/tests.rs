@@ -18,6 +18,7 @@ fn options() -> RuntimeOptions {
     RuntimeOptions {
         default_threads: 1,
         pin: false,
+        ..RuntimeOptions::default()
     }
 }
 

@@ -8,8 +8,8 @@
 #[cfg(target_arch = "x86_64")]
 mod lanes;
 pub mod portable;
-#[cfg(target_arch = "x86_64")]
-mod precomp;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) mod precomp;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_avx2;
 #[cfg(target_arch = "x86_64")]

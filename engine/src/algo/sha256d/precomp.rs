@@ -79,7 +79,7 @@ pub(super) const H2_E1: u32 = IV[3].wrapping_add(H2_T1_BASE);
 
 /// What a SIMD kernel needs per header, beyond compile-time constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Precomputed {
+pub(crate) struct Precomputed {
     /// SHA-256 state after header bytes 0..64; added to the first hash's final state.
     pub midstate: [u32; 8],
     /// State entering round 4 of the first hash's second block, computed with `W3 = 0`; `a`
@@ -97,7 +97,7 @@ pub(super) struct Precomputed {
 
 impl Precomputed {
     /// Derives the per-header values from a prepared header.
-    pub fn new(prepared: &Prepared) -> Self {
+    pub(crate) fn new(prepared: &Prepared) -> Self {
         let [t0, t1, t2] = prepared.tail;
         let mut s = prepared.midstate;
         for (i, w) in [t0, t1, t2, 0].into_iter().enumerate() {
