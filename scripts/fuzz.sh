@@ -69,6 +69,8 @@ for target in "${targets[@]}"; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
+    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -n 1 | cut -d' ' -f2)
+    corp=$(grep -oE 'corp: [0-9]+' "$log" | tail -n 1 | cut -d' ' -f2)
     if [ "$status" -eq 0 ] && ! grep -qE '^==[0-9]+== ERROR|panicked at|deadly signal' "$log"; then
         verdict="no crash"
     else
@@ -76,12 +78,13 @@ for target in "${targets[@]}"; do
         artifact=$(grep -oE 'artifacts/[^ ]+' "$log" | tail -n 1 || true)
         verdict="CRASH (exit $status) ${artifact:-see $log}"
     fi
-    line=$(printf '%-14s %12s execs %8s exec/s %6s s  %s' "$target" "${execs:-?}" "${rate:-?}" "$wall" "$verdict")
+    line=$(printf '%-14s %10s %8s %6s %6s %7s  %s' "$target" "${execs:-?}" "${rate:-?}" "$wall" \
+        "${cov:-?}" "${corp:-?}" "$verdict")
     echo "$line" >&2
     results+=("$line")
 done
 
 echo
-echo "target            executions     exec/s   wall  result"
+printf '%-14s %10s %8s %6s %6s %7s  %s\n' target executions exec/s wall_s edges corpus result
 printf '%s\n' "${results[@]}"
 exit "$failed"
