@@ -546,8 +546,10 @@ pub async fn rig_history(
     q: HistoryQuery,
 ) -> Result<HistoryView, ApiFailure> {
     let to = q.to_ms.unwrap_or_else(crate::now_ms);
-    let from = q.from_ms.unwrap_or(to - 3_600_000);
-    if from >= to || to - from > 400 * 86_400_000 {
+    let from = q.from_ms.unwrap_or(to.saturating_sub(3_600_000));
+    // Checked: the bounds come from the query string, any i64 (found by schemathesis).
+    let span = to.checked_sub(from);
+    if from >= to || span.is_none_or(|s| s > 400 * 86_400_000) {
         return Err(ApiFailure::bad_request(
             "from_ms must be before to_ms, at most 400 days apart",
         ));

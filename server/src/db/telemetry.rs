@@ -539,8 +539,10 @@ impl Store {
                 "history range ends before it starts".into(),
             ));
         }
+        let span = to_ms
+            .checked_sub(from_ms)
+            .ok_or_else(|| StoreError::Invalid("history range too long".into()))?;
         let names = self.slot_names(rig_id).await?;
-        let span = to_ms - from_ms;
         if span <= RAW_RANGE_MS {
             let (baseline, rows) = dispatch!(self, p => {
                 let raw: Option<(i64, Vec<u8>)> = sqlx::query(

@@ -580,6 +580,23 @@ async fn every_api_error_is_json_and_one_body_rule_holds() {
             422,
             "invalid_body",
         ),
+        // Bounds whose arithmetic overflowed (found by schemathesis): a clear refusal.
+        (
+            "GET",
+            format!("/api/v1/rigs/{rig}/history?to_ms=-9223372036854775808"),
+            vec![auth],
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("/api/v1/rigs/{rig}/history?from_ms=-9223372036854775808&to_ms=1"),
+            vec![auth],
+            String::new(),
+            400,
+            "bad_request",
+        ),
     ];
     for (method, path, headers, body, status, code) in cases {
         let (got, text) = raw(addr, method, &path, &headers, &body).await;
