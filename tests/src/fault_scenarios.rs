@@ -620,7 +620,8 @@ pub async fn server_disk_full(work: &Path, full_for: Duration) -> Result<Option<
         );
         return Ok(None);
     };
-    let data = fs.dir.join("data");
+    // The data folder is the mount itself: the server's log and config stay outside it.
+    let data = fs.dir.clone();
     let db = FaultDb::sqlite(&data);
     let mut row = Row::new("server disk full", "sqlite");
     let mut server = ServerProc::start(&data, &db.url).await?;
@@ -687,7 +688,7 @@ pub async fn server_disk_full(work: &Path, full_for: Duration) -> Result<Option<
     let alive = server.alive();
     sim.stop();
     row.fig(
-        "acks stopped after",
+        "last ack after the disk filled",
         stalled.map_or("acks never stopped".into(), secs),
     );
     row.fig("acked while full", acked_full.saturating_sub(last));

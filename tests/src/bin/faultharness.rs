@@ -11,7 +11,8 @@ use rigfleet_tests::fault_scenarios::*;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios to run (comma-separated): cuts, kill, skew, remove, disk, noisy, or all.
+    /// Scenarios to run (comma-separated): cuts, kill, skew, remove, disk (disk-server,
+    /// disk-agent), noisy, or all.
     #[arg(long, default_value = "all")]
     only: String,
     /// sqlite, postgres or both.
@@ -102,8 +103,10 @@ async fn main() -> Result<()> {
             push(rig_removed(&work, on, Duration::from_secs(30)).await?);
         }
     }
-    if want("disk") && args.backends != "postgres" {
+    if (want("disk") || want("disk-server")) && args.backends != "postgres" {
         push(server_disk_full(&work, Duration::from_secs(20)).await?);
+    }
+    if (want("disk") || want("disk-agent")) && args.backends != "postgres" {
         push(agent_disk_full(&work, Duration::from_secs(20)).await?);
     }
     if want("noisy") {
