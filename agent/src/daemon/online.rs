@@ -211,6 +211,7 @@ impl Online {
                 }
                 self.clock_offset_ms = w.clock_offset_ms;
                 self.welcome_interval = Some(w.welcome.telemetry_interval_secs);
+                self.drop_unreadable_head().await;
                 self.outbox.reset(&self.queue);
                 self.flush_outgoing().await;
                 self.report_loss().await;
@@ -250,6 +251,7 @@ impl Online {
                 {
                     tracing::error!(%error, "Cannot record the ack in the telemetry queue");
                 }
+                self.drop_unreadable_head().await;
                 self.pump().await;
             }
             ServerMessage::SetConfig(order) => self.set_config(order, mining, watchdog).await,
@@ -385,6 +387,22 @@ impl Online {
                 }
             }
         }
+    }
+
+    /// An unreadable record at the head of the queue would hold the server's acknowledgement
+    /// back forever: count it as dropped (the next frame says so) and report it.
+    async fn drop_unreadable_head(&mut self) {
+        loop {
+            match self.queue.drop_unreadable_head() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(error) => {
+                    tracing::error!(%error, "Cannot record an unreadable telemetry record");
+                    break;
+                }
+            }
+        }
+        self.report_loss().await;
     }
 
     async fn report_loss(&mut self) {

@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -367,9 +367,14 @@ impl TelemetryQueue {
                 self.active = None;
                 self.segments.pop_back();
                 let _ = std::fs::remove_file(&path);
-            } else if file.set_len(seg.end).is_err() {
-                // Cut off whatever part made it, so later appends do not follow a torn record;
-                // if even that fails, stop appending to this file (recovery truncates it).
+            } else if file
+                .set_len(seg.end)
+                .and_then(|()| file.seek(SeekFrom::Start(seg.end)))
+                .is_err()
+            {
+                // Cut off whatever part made it and write the next record where it ended (the
+                // file position moved past it), so later appends do not follow a torn record;
+                // if that fails, stop appending to this file (recovery truncates it).
                 self.active = None;
             }
             return Err(io_err(&path, source));
@@ -455,6 +460,41 @@ impl TelemetryQueue {
             }
         }
         Ok(out)
+    }
+
+    /// The oldest unacknowledged record no longer reads back (the disk changed under us): it
+    /// can never be sent, and the server's acknowledgement would wait for it forever, so it is
+    /// counted as dropped like an overflow. Records behind it are sent meanwhile; this runs
+    /// when the acknowledgement reaches it. Returns whether one was dropped.
+    pub fn drop_unreadable_head(&mut self) -> Result<bool, QueueError> {
+        let floor = self.floor();
+        let Some((seg, pos)) = self.segments.iter().find_map(|seg| {
+            seg.records
+                .iter()
+                .find(|r| r.seq >= floor)
+                .map(|pos| (seg, *pos))
+        }) else {
+            return Ok(false);
+        };
+        let readable = File::open(&seg.path)
+            .map_err(|e| e.to_string())
+            .and_then(|file| {
+                read_record(&file, &pos)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        if readable.is_ok() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            seq = pos.seq,
+            "Telemetry record unreadable; counted as dropped"
+        );
+        self.meta.loss.dropped_total += 1;
+        self.meta.loss.dropped_through_seq = pos.seq;
+        self.save_meta()?;
+        self.remove_consumed_segments()?;
+        Ok(true)
     }
 
     /// Seqs below this are gone (acknowledged or dropped).
@@ -893,6 +933,33 @@ mod tests {
             (q.stream_id(), q.loss().unqueued_total),
             (stream.as_str(), 1)
         );
+    }
+
+    #[test]
+    fn an_unreadable_head_record_is_dropped_so_the_stream_moves_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = TelemetryQueue::open(dir.path(), opts(100, 100)).expect("open");
+        fill(&mut q, 5);
+        // Damage record 3 on disk.
+        let seg = q.segments.back().expect("segment");
+        let pos = seg.records[2];
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .expect("open");
+        file.write_all_at(b"garbage!", pos.offset + HEADER_BYTES as u64)
+            .expect("damage");
+        assert_eq!(seqs(&q.pending(100).expect("pending")), [1, 2, 4, 5]);
+        // Not at the head yet: nothing dropped.
+        assert!(!q.drop_unreadable_head().expect("check"));
+        q.ack(2).expect("ack");
+        assert!(q.drop_unreadable_head().expect("check"));
+        assert_eq!(
+            (q.loss().dropped_total, q.loss().dropped_through_seq),
+            (1, 3)
+        );
+        assert_eq!(seqs(&q.pending(100).expect("pending")), [4, 5]);
+        assert!(!q.drop_unreadable_head().expect("check"));
     }
 
     #[test]

@@ -99,11 +99,10 @@ async fn fault_a_noisy_agent_loses_nothing_for_the_others() {
 }
 
 // Disk full: both scenarios need root (they mount a tmpfs) and print that they did not run
-// without it. The server's passes with the server's log on another filesystem. The agent's fails
-// today and is ignored until fixed (`scripts/faultharness.sh --only disk-agent` shows it):
-// records torn by ENOSPC in the queue's segment ("CRC mismatch" on every later read) leave seqs
-// that are never sent, the server's ack never crosses the hole, and the agent's telemetry
-// stalls after its disk has room again; queue.json's unqueued count stays 0.
+// without it. The server's passes with the server's log on another filesystem. The agent's
+// found a bug, fixed in the queue: a write that failed half-way on ENOSPC was cut off but the
+// file position stayed past it, so later records landed behind a hole ("CRC mismatch" on every
+// read), their seqs were never sent and the acknowledgement waited for them forever.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_a_full_server_disk_recovers_without_a_restart() {
@@ -126,7 +125,6 @@ async fn fault_a_full_server_disk_recovers_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today: the agent's telemetry stalls after its disk was full"]
 async fn fault_a_full_agent_disk_recovers_and_is_counted() {
     let work = tempfile::tempdir().unwrap();
     check(
