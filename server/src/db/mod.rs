@@ -29,8 +29,8 @@ use sqlx::sqlite::{
 
 pub use rollup::{prune, run_rollups, PruneStats, Retention, RollupStats};
 pub use tokens::TokenUseError;
-pub use users::TotpAttempt;
 pub use types::*;
+pub use users::TotpAttempt;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -467,13 +467,8 @@ pub async fn bulk(
             let command = command_of(f.get("action"))
                 .ok_or_else(|| WebError::bad_request("choose an action"))?;
             if crate::api::auth::command_needs_reauth(&command) {
-                super::account::confirm_password(
-                    &state,
-                    &shared,
-                    &user,
-                    f.get("confirm_password"),
-                )
-                .await?;
+                super::account::confirm_password(&state, &shared, &user, f.get("confirm_password"))
+                    .await?;
             }
             let ids: Vec<String> = if f.get("all") == "1" {
                 let q = OverviewQuery {
@@ -899,13 +894,8 @@ pub async fn rig_command(
             let row = find_rig(&state, &uid).await?;
             // A reboot takes the password again, as a wallet change does.
             if crate::api::auth::command_needs_reauth(&command) {
-                super::account::confirm_password(
-                    &state,
-                    &shared,
-                    &user,
-                    f.get("confirm_password"),
-                )
-                .await?;
+                super::account::confirm_password(&state, &shared, &user, f.get("confirm_password"))
+                    .await?;
             }
             let (_, rx) = state
                 .hub
