@@ -656,10 +656,42 @@ pub async fn compare(store: &Store, claims: &[AgentClaim]) -> Result<Tally> {
 
 /// Waits until `sim` has every produced sample acknowledged (or `timeout`); how long it took.
 pub async fn wait_caught_up(sim: &SimProc, timeout: Duration) -> Option<Duration> {
+    // Agents keep producing a sample a second, and a report written just after a new sample
+    // never shows it acknowledged: if the report's tick falls right after the samples' tick,
+    // "acked ≥ produced" at one instant may never be seen. Caught up means every agent's
+    // acknowledgement has reached what it had produced at least LAG earlier (or everything, if
+    // it is seen at once).
+    const LAG: Duration = Duration::from_secs(2);
     let start = Instant::now();
+    let mut seen: std::collections::VecDeque<(Instant, std::collections::HashMap<String, u64>)> =
+        Default::default();
     while start.elapsed() < timeout {
         if sim.caught_up() {
             return Some(start.elapsed());
+        }
+        let claims = sim.claims();
+        if !claims.is_empty() && claims.iter().all(|a| !a.rig_id.is_empty()) {
+            let now = Instant::now();
+            while seen.len() > 1 && now.duration_since(seen[1].0) >= LAG {
+                seen.pop_front();
+            }
+            if let Some((at, produced)) = seen.front() {
+                let reached = claims.iter().all(|a| {
+                    produced
+                        .get(&a.rig_id)
+                        .is_some_and(|p| *p > 0 && a.acked >= *p)
+                });
+                if now.duration_since(*at) >= LAG && reached {
+                    return Some(start.elapsed());
+                }
+            }
+            seen.push_back((
+                now,
+                claims
+                    .iter()
+                    .map(|a| (a.rig_id.clone(), a.produced))
+                    .collect(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
