@@ -417,11 +417,6 @@ impl Writer {
         }
         self.metrics.samples_duplicate.inc_by(duplicates);
 
-        let received: HashMap<usize, (i64, i64)> = batches
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (i, (b.clock_offset_ms, b.received_ms)))
-            .collect();
         let mut flagged = 0u64;
         let mut dropped = 0u64;
         let writes: Vec<StreamSamples<'_>> = plans
@@ -436,8 +431,9 @@ impl Writer {
                         .samples
                         .iter()
                         .map(|&(i, j)| {
-                            let sample = &batches[i].samples[j];
-                            let (offset, recv) = received.get(&i).copied().unwrap_or((0, now_ms()));
+                            let b = &batches[i];
+                            let sample = &b.samples[j];
+                            let (offset, recv) = (b.clock_offset_ms, b.received_ms);
                             let (ts_ms, time_flagged) = server_time(
                                 sample.time_unix_ms,
                                 offset,
