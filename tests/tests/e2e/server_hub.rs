@@ -200,8 +200,17 @@ async fn configs_and_commands_are_signed_pushed_and_answered() {
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["version"], round);
             assert_eq!(body["pushed"], true);
+            // The hub's reconcile at connect may push version 1 a second time (it runs after
+            // the welcome, racing the first PUT); a repeat of an older version is skipped.
             let order = recv_until(&mut ws, |m| match m {
-                ServerMessage::SetConfig(o) => Some(o),
+                ServerMessage::SetConfig(o)
+                    if serde_json::from_str::<rigfleet_proto::config::DesiredConfig>(
+                        &o.payload,
+                    )
+                    .is_ok_and(|c| c.version >= round) =>
+                {
+                    Some(o)
+                }
                 _ => None,
             })
             .await
