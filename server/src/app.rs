@@ -11,7 +11,7 @@ use axum::Router;
 use rigfleet_proto::enroll::{AGENT_WS_PATH, ENROLL_PATH};
 use rigfleet_proto::limits::MAX_FRAME_BYTES;
 
-use crate::hub::live::StatusRules;
+use crate::fleet::StatusJudge;
 use crate::hub::Hub;
 
 /// Largest REST request body.
@@ -22,8 +22,8 @@ pub const MAX_API_BODY: usize = 1 << 20;
 pub struct AppState {
     /// The hub (store, writer, key, live state, metrics).
     pub hub: Arc<Hub>,
-    /// Status thresholds.
-    pub rules: StatusRules,
+    /// Decides every rig's status (the one truth pages, API and metrics share).
+    pub status: Arc<StatusJudge>,
     /// Bearer token for /metrics.
     pub metrics_token: Option<Arc<str>>,
     /// URL agents and people use.

@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod enroll;
 pub mod files;
+pub mod fleet;
 pub mod heap;
 pub mod hub;
 pub mod ingest;

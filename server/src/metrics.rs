@@ -11,7 +11,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::hub::live::{LiveState, RigLive, RigStatus, StatusRules};
+use crate::fleet::status::{RigStatus, StatusJudge};
+use crate::hub::live::{LiveState, RigLive};
 
 /// The server's own counters and the registry /metrics encodes.
 pub struct ServerMetrics {
@@ -47,7 +48,7 @@ impl ServerMetrics {
     /// Registers everything, with the fleet read from `live`.
     pub fn new(
         live: Arc<LiveState>,
-        rules: StatusRules,
+        status: Arc<StatusJudge>,
     ) -> Result<ServerMetrics, prometheus::Error> {
         let registry = Registry::new();
         let agents_connected = IntGauge::new(
@@ -123,7 +124,7 @@ impl ServerMetrics {
         registry.register(Box::new(ws_frames_in.clone()))?;
         registry.register(Box::new(ws_frames_out.clone()))?;
         registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(FleetCollector::new(live, rules)))?;
+        registry.register(Box::new(FleetCollector::new(live, status)))?;
         Ok(ServerMetrics {
             registry,
             agents_connected,
@@ -157,7 +158,7 @@ impl ServerMetrics {
 /// Builds per-rig and per-device families from the live state at each scrape.
 struct FleetCollector {
     live: Arc<LiveState>,
-    rules: StatusRules,
+    status: Arc<StatusJudge>,
     descs: Vec<Desc>,
 }
 
@@ -244,7 +245,7 @@ const FAMILIES: &[(&str, &str, MetricType)] = &[
 const CLOCK_OFFSET_FAMILY: usize = 14;
 
 impl FleetCollector {
-    fn new(live: Arc<LiveState>, rules: StatusRules) -> FleetCollector {
+    fn new(live: Arc<LiveState>, status: Arc<StatusJudge>) -> FleetCollector {
         let descs = FAMILIES
             .iter()
             .filter_map(|(name, help, _)| {
@@ -257,7 +258,11 @@ impl FleetCollector {
                 .ok()
             })
             .collect();
-        FleetCollector { live, rules, descs }
+        FleetCollector {
+            live,
+            status,
+            descs,
+        }
     }
 }
 
@@ -308,7 +313,7 @@ impl Collector for FleetCollector {
             let mut sorted: Vec<&RigLive> = rigs.values().collect();
             sorted.sort_by_key(|r| r.id);
             for rig in sorted {
-                rig_metrics(rig, now_ms, &self.rules, &mut metrics);
+                rig_metrics(rig, now_ms, &self.status, &mut metrics);
             }
         });
         FAMILIES
@@ -327,14 +332,14 @@ impl Collector for FleetCollector {
     }
 }
 
-fn rig_metrics(rig: &RigLive, now_ms: i64, rules: &StatusRules, out: &mut [Vec<Metric>]) {
+fn rig_metrics(rig: &RigLive, now_ms: i64, judge: &StatusJudge, out: &mut [Vec<Metric>]) {
     let group = rig.group.as_deref().unwrap_or("");
     let rig_labels = [
         ("rig", rig.uid.as_str()),
         ("name", rig.name.as_str()),
         ("group", group),
     ];
-    let status = rig.status(now_ms, rules);
+    let status = judge.status(rig, now_ms);
     let push = |out: &mut [Vec<Metric>], i: usize, l: &[(&str, &str)], v: f64| {
         out[i].push(sample(FAMILIES[i].2, labels(l), v));
     };
@@ -398,7 +403,7 @@ mod tests {
     #[test]
     fn fleet_series_follow_the_live_state() {
         let live = Arc::new(LiveState::default());
-        let m = ServerMetrics::new(live.clone(), StatusRules::default()).unwrap();
+        let m = ServerMetrics::new(live.clone(), Arc::default()).unwrap();
         let now = crate::now_ms();
         live.insert(RigLive {
             id: 7,

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use crate::app::AppState;
 use crate::config::ServerConfig;
 use crate::db::{Role, Scope, Store, StoreError};
-use crate::hub::live::{LiveState, StatusRules};
+use crate::fleet::StatusJudge;
+use crate::hub::live::LiveState;
 use crate::hub::Hub;
 use crate::ingest::{WriterMetrics, WriterOptions};
 use crate::keys::ServerKey;
@@ -103,10 +104,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let tls = crate::tls::setup(&config.tls, &config.data_dir)?;
     let first_admin = ensure_admin(&store).await?;
 
-    let rules = StatusRules::default();
     let live = Arc::new(LiveState::default());
+    let status = Arc::new(StatusJudge::default());
+    status.load_settings(&store).await;
+    status.follow(&live);
     let metrics = Arc::new(
-        ServerMetrics::new(live.clone(), rules).map_err(|e| StartError::Other(e.to_string()))?,
+        ServerMetrics::new(live.clone(), status.clone())
+            .map_err(|e| StartError::Other(e.to_string()))?,
     );
     let writer = crate::ingest::spawn_writer(
         store.clone(),
@@ -158,7 +162,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let tls_fingerprint = tls.as_ref().map(|t| t.cert_fingerprint.clone());
     let state = AppState {
         hub: hub.clone(),
-        rules,
+        status,
         metrics_token: config.metrics_token.as_deref().map(Arc::from),
         public_url: url.clone(),
         tls_fingerprint: tls_fingerprint.clone(),

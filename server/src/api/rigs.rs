@@ -12,7 +12,8 @@ use super::auth::Caller;
 use super::error::{ApiFailure, ApiJson, ApiQuery};
 use crate::app::AppState;
 use crate::db::{RigRow, Scope};
-use crate::hub::live::{RigLive, RigStatus};
+use crate::fleet::status::{RigStatus, StatusJudge};
+use crate::hub::live::RigLive;
 
 /// One rig in the fleet list.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -61,7 +62,7 @@ pub struct RigSummary {
 
 impl RigSummary {
     /// The summary of a live entry at `now_ms`.
-    pub fn from_live(rig: &RigLive, now_ms: i64, rules: &crate::hub::live::StatusRules) -> Self {
+    pub fn from_live(rig: &RigLive, now_ms: i64, judge: &StatusJudge) -> Self {
         let s = rig.sample.as_ref();
         let devices = s.map(|s| s.devices.as_slice()).unwrap_or(&[]);
         let temps: Vec<f32> = devices
@@ -78,7 +79,7 @@ impl RigSummary {
             name: rig.name.clone(),
             group: rig.group.clone(),
             tags: rig.tags.clone(),
-            status: rig.status(now_ms, rules),
+            status: judge.status(rig, now_ms),
             connected: rig.connected,
             pending_approval: rig.pending_approval,
             flagged: rig.flagged.clone(),
@@ -147,7 +148,7 @@ pub const SORT_COLUMNS: &[&str] = &[
 /// Filters, sorts and pages the live fleet (also used by the web pages).
 pub fn query_fleet(state: &AppState, q: &RigQuery) -> Result<RigList, ApiFailure> {
     let now = crate::now_ms();
-    let rules = state.rules;
+    let judge = state.status.clone();
     let sort = q.sort.as_deref().unwrap_or("name");
     if !SORT_COLUMNS.contains(&sort) {
         return Err(ApiFailure::bad_request(format!(
@@ -177,7 +178,7 @@ pub fn query_fleet(state: &AppState, q: &RigQuery) -> Result<RigList, ApiFailure
             .filter(|s| !s.is_empty());
     let mut rows: Vec<RigSummary> = state.hub.live.with_all(|rigs| {
         rigs.values()
-            .map(|r| RigSummary::from_live(r, now, &rules))
+            .map(|r| RigSummary::from_live(r, now, &judge))
             .filter(|r| status.is_none_or(|s| r.status == s))
             .filter(|r| {
                 q.group
@@ -359,7 +360,7 @@ pub async fn rig_detail(
         })
         .collect();
     Ok(RigDetail {
-        summary: RigSummary::from_live(&live, crate::now_ms(), &state.rules),
+        summary: RigSummary::from_live(&live, crate::now_ms(), &state.status),
         hostname: live.hostname.clone(),
         created_at_ms: row.created_at_ms,
         last_seq: row.last_seq,

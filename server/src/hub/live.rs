@@ -42,71 +42,7 @@ pub struct RigLive {
     pub clock_offset_ms: Option<i64>,
 }
 
-/// Rig status as the fleet overview shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RigStatus {
-    /// Reporting and healthy.
-    Online,
-    /// Reporting, but a device is hot, slow or rejecting.
-    Warning,
-    /// No telemetry for 3 intervals.
-    Offline,
-}
-
-/// Thresholds that turn numbers into a status.
-#[derive(Clone, Copy, Debug)]
-pub struct StatusRules {
-    /// Intervals without a sample before a rig is offline.
-    pub offline_after_intervals: u32,
-    /// Device temperature limit (°C).
-    pub max_temperature: f32,
-    /// Rejected share ratio that warns.
-    pub max_rejected_ratio: f64,
-}
-
-impl Default for StatusRules {
-    fn default() -> Self {
-        StatusRules {
-            offline_after_intervals: 3,
-            max_temperature: 85.0,
-            max_rejected_ratio: 0.05,
-        }
-    }
-}
-
 impl RigLive {
-    /// The status at `now_ms` under `rules`.
-    pub fn status(&self, now_ms: i64, rules: &StatusRules) -> RigStatus {
-        let limit_ms = i64::from(self.telemetry_interval_secs)
-            * 1000
-            * i64::from(rules.offline_after_intervals);
-        let fresh = self
-            .sample
-            .as_ref()
-            .map(|s| s.time_unix_ms.max(self.last_seen_ms.unwrap_or(0)))
-            .or(self.last_seen_ms)
-            .is_some_and(|t| now_ms - t <= limit_ms);
-        if !fresh {
-            return RigStatus::Offline;
-        }
-        let Some(sample) = &self.sample else {
-            return RigStatus::Online;
-        };
-        for d in &sample.devices {
-            if d.temperature_celsius
-                .is_some_and(|t| t > rules.max_temperature)
-            {
-                return RigStatus::Warning;
-            }
-            let total = d.accepted + d.rejected + d.stale;
-            if total >= 20 && (d.rejected as f64) / (total as f64) > rules.max_rejected_ratio {
-                return RigStatus::Warning;
-            }
-        }
-        RigStatus::Online
-    }
-
     /// Sum of the devices' 1-minute hash rates.
     pub fn hashrate_hps(&self) -> f64 {
         self.sample
@@ -208,26 +144,6 @@ mod tests {
     use super::*;
     use rigfleet_proto::telemetry::{DeviceSample, RigSample};
 
-    pub(crate) fn device(temp: f32, accepted: u64, rejected: u64) -> DeviceSample {
-        DeviceSample {
-            device_id: "cpu".into(),
-            algorithm: "sha256d".into(),
-            enabled: true,
-            hashrate_5s_hps: 1e6,
-            hashrate_1m_hps: 1e6,
-            accepted,
-            rejected,
-            stale: 0,
-            hardware_errors: 0,
-            temperature_celsius: Some(temp),
-            fan_rpm: None,
-            fan_percent: None,
-            power_watts: None,
-            core_clock_mhz: None,
-            memory_clock_mhz: None,
-        }
-    }
-
     fn rig(sample_time: Option<i64>, devices: Vec<DeviceSample>) -> RigLive {
         RigLive {
             id: 1,
@@ -251,20 +167,6 @@ mod tests {
             telemetry_interval_secs: 10,
             clock_offset_ms: None,
         }
-    }
-
-    #[test]
-    fn status_follows_the_thresholds() {
-        let rules = StatusRules::default();
-        let now = 1_000_000;
-        assert_eq!(rig(None, vec![]).status(now, &rules), RigStatus::Offline);
-        let ok = rig(Some(now - 29_000), vec![device(60.0, 100, 1)]);
-        assert_eq!(ok.status(now, &rules), RigStatus::Online);
-        assert_eq!(ok.status(now + 2_000, &rules), RigStatus::Offline);
-        let hot = rig(Some(now), vec![device(90.0, 100, 1)]);
-        assert_eq!(hot.status(now, &rules), RigStatus::Warning);
-        let rejecting = rig(Some(now), vec![device(60.0, 90, 10)]);
-        assert_eq!(rejecting.status(now, &rules), RigStatus::Warning);
     }
 
     #[test]

@@ -1,16 +1,12 @@
 //! The coin-data page: what each algorithm's coin is worth, so the overview can estimate revenue
 //! per day. Everyone sees it; operators and admins change it.
 
-use std::sync::Arc;
-
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Extension;
 
-use super::live::WebShared;
 use super::pages::{audit, totals};
 use super::session::WebUser;
 use super::{render, respond, Fields, Nav, WebError};
@@ -64,13 +60,12 @@ const FIELDS: [&str; 7] = [
 
 async fn view(
     state: &AppState,
-    shared: &WebShared,
     user: &WebUser,
     error: Option<String>,
     form: Vec<(&'static str, String)>,
 ) -> Result<Response, WebError> {
     let data = coins::load_all(&state.hub.store).await?;
-    let (totals, _) = totals(state, shared, &data);
+    let (totals, _) = totals(state, &data);
     let rows = data
         .iter()
         .map(|(algorithm, c)| {
@@ -115,12 +110,8 @@ async fn view(
 }
 
 /// `GET /coins`.
-pub async fn coins_page(
-    State(state): State<AppState>,
-    Extension(shared): Extension<Arc<WebShared>>,
-    user: WebUser,
-) -> Response {
-    respond(view(&state, &shared, &user, None, Vec::new()).await)
+pub async fn coins_page(State(state): State<AppState>, user: WebUser) -> Response {
+    respond(view(&state, &user, None, Vec::new()).await)
 }
 
 fn parse(f: &Fields) -> Result<(String, CoinData), String> {
@@ -144,12 +135,7 @@ fn parse(f: &Fields) -> Result<(String, CoinData), String> {
 }
 
 /// `POST /coins`: sets (replaces) one algorithm's coin data.
-pub async fn coins_save(
-    State(state): State<AppState>,
-    Extension(shared): Extension<Arc<WebShared>>,
-    user: WebUser,
-    body: Bytes,
-) -> Response {
+pub async fn coins_save(State(state): State<AppState>, user: WebUser, body: Bytes) -> Response {
     respond(
         async {
             user.require_write()?;
@@ -178,7 +164,7 @@ pub async fn coins_save(
                         .iter()
                         .map(|k| (*k, f.get(k).chars().take(64).collect()))
                         .collect();
-                    view(&state, &shared, &user, Some(message), form).await
+                    view(&state, &user, Some(message), form).await
                 }
             }
         }

@@ -1,18 +1,17 @@
 //! What the dashboard keeps in memory (logins waiting for their second factor,
-//! TOTP enrollments in progress, per-device 1-hour hash-rate averages) and the live feed: a
+//! TOTP enrollments in progress) and the live feed: a
 //! Server-Sent Events stream fed by the hub's change broadcast plus a once-a-second status
 //! sweep, so a rig that falls silent turns offline without any event of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use rigfleet_proto::telemetry::Sample;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -21,92 +20,7 @@ use super::session::{origin_absent_or_ours, WebUser};
 use super::{fmt, WebError};
 use crate::api::rigs::RigSummary;
 use crate::app::AppState;
-use crate::hub::live::{LiveState, RigLive, RigStatus};
-
-/// Hash-rate warning thresholds (settings `web.hashrate_warning_ratio` and
-/// `web.hashrate_min_history_secs`).
-#[derive(Clone, Copy, Debug)]
-pub struct HashrateRule {
-    /// A device under this share of its 1-hour average warns.
-    pub ratio: f64,
-    /// History needed before the rule applies (a fresh average means little).
-    pub min_history_ms: i64,
-}
-
-impl Default for HashrateRule {
-    fn default() -> Self {
-        HashrateRule {
-            ratio: 0.8,
-            min_history_ms: 600_000,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Avg {
-    value: f64,
-    first_ms: i64,
-    last_ms: i64,
-}
-
-/// Exponentially weighted 1-hour averages per rig and device.
-#[derive(Default)]
-pub struct Averages {
-    by_rig: HashMap<String, HashMap<String, Avg>>,
-    uid_of: HashMap<i64, String>,
-}
-
-const AVG_WINDOW_MS: f64 = 3_600_000.0;
-
-impl Averages {
-    fn record(&mut self, rig: &RigLive) {
-        let Some(s) = &rig.sample else { return };
-        self.uid_of.insert(rig.id, rig.uid.0.clone());
-        let devices = self.by_rig.entry(rig.uid.0.clone()).or_default();
-        for d in &s.devices {
-            let v = d.hashrate_1m_hps;
-            if !v.is_finite() {
-                continue;
-            }
-            let t = s.time_unix_ms;
-            let e = devices.entry(d.device_id.0.clone()).or_insert(Avg {
-                value: v,
-                first_ms: t,
-                last_ms: t,
-            });
-            if t > e.last_ms {
-                let alpha = 1.0 - (-((t - e.last_ms) as f64) / AVG_WINDOW_MS).exp();
-                e.value += alpha * (v - e.value);
-                e.last_ms = t;
-            }
-        }
-    }
-
-    fn forget(&mut self, id: i64) {
-        if let Some(uid) = self.uid_of.remove(&id) {
-            self.by_rig.remove(&uid);
-        }
-    }
-
-    /// Whether a device of the sample runs under `rule.ratio` of its average.
-    pub fn dropped(&self, uid: &str, sample: Option<&Sample>, rule: HashrateRule) -> bool {
-        let (Some(s), Some(devs)) = (sample, self.by_rig.get(uid)) else {
-            return false;
-        };
-        s.devices.iter().any(|d| {
-            devs.get(d.device_id.as_str()).is_some_and(|a| {
-                a.last_ms - a.first_ms >= rule.min_history_ms
-                    && a.value > 0.0
-                    && d.hashrate_1m_hps < rule.ratio * a.value
-            })
-        })
-    }
-
-    /// The device's 1-hour average, if known.
-    pub fn device_avg(&self, uid: &str, device: &str) -> Option<f64> {
-        self.by_rig.get(uid)?.get(device).map(|a| a.value)
-    }
-}
+use crate::fleet::RigStatus;
 
 /// A login that passed its password and waits for the second factor.
 #[derive(Clone, Debug)]
@@ -125,99 +39,13 @@ pub struct WebShared {
     pub mfa: Mutex<HashMap<String, PendingMfa>>,
     /// TOTP secrets shown to a user and not yet confirmed.
     pub totp_enroll: Mutex<HashMap<i64, (String, Instant)>>,
-    /// Per-device averages.
-    pub averages: Arc<Mutex<Averages>>,
-    /// Hash-rate warning rule.
-    pub rule: Arc<Mutex<HashrateRule>>,
 }
 
-impl WebShared {
-    /// Shared state for `state`'s server; starts the task that keeps the averages when a
-    /// runtime is there to run it.
-    pub fn new(state: &AppState) -> WebShared {
-        let shared = WebShared {
+impl Default for WebShared {
+    fn default() -> Self {
+        WebShared {
             mfa: Mutex::new(HashMap::new()),
             totp_enroll: Mutex::new(HashMap::new()),
-            averages: Arc::new(Mutex::new(Averages::default())),
-            rule: Arc::new(Mutex::new(HashrateRule::default())),
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let rx = state.hub.live.subscribe();
-            let live = Arc::downgrade(&state.hub.live);
-            let averages = shared.averages.clone();
-            let rule = shared.rule.clone();
-            let store = state.hub.store.clone();
-            rt.spawn(async move {
-                load_rule(&store, &rule).await;
-                drop(store);
-                keep_averages(rx, live, averages).await;
-            });
-        }
-        shared
-    }
-
-    /// The rule now.
-    pub fn rule(&self) -> HashrateRule {
-        *self.rule.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The status the dashboard shows: the hub's, turned to warning when a device's hash rate
-    /// fell under the rule's share of its 1-hour average.
-    pub fn effective(&self, status: RigStatus, uid: &str, sample: Option<&Sample>) -> RigStatus {
-        if status != RigStatus::Online {
-            return status;
-        }
-        let avg = self.averages.lock().unwrap_or_else(|e| e.into_inner());
-        if avg.dropped(uid, sample, self.rule()) {
-            RigStatus::Warning
-        } else {
-            status
-        }
-    }
-}
-
-async fn load_rule(store: &crate::db::Store, rule: &Mutex<HashrateRule>) {
-    let ratio = store
-        .get_setting("web.hashrate_warning_ratio")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| (0.0..=1.0).contains(v));
-    let min = store
-        .get_setting("web.hashrate_min_history_secs")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|v| *v >= 0);
-    let mut r = rule.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(v) = ratio {
-        r.ratio = v;
-    }
-    if let Some(v) = min {
-        r.min_history_ms = v.saturating_mul(1000);
-    }
-}
-
-async fn keep_averages(
-    mut rx: broadcast::Receiver<i64>,
-    live: Weak<LiveState>,
-    averages: Arc<Mutex<Averages>>,
-) {
-    loop {
-        match rx.recv().await {
-            Ok(id) => {
-                let Some(live) = live.upgrade() else { return };
-                let rig = live.get(id);
-                let mut a = averages.lock().unwrap_or_else(|e| e.into_inner());
-                match rig {
-                    Some(r) => a.record(&r),
-                    None => a.forget(id),
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -266,11 +94,7 @@ pub struct DeviceUpdate {
 
 /// The name of a status.
 pub fn status_name(s: RigStatus) -> &'static str {
-    match s {
-        RigStatus::Online => "online",
-        RigStatus::Warning => "warning",
-        RigStatus::Offline => "offline",
-    }
+    s.as_str()
 }
 
 /// The feed's view of a summary.
@@ -328,7 +152,6 @@ struct Feed {
     tick: tokio::time::Interval,
     last: HashMap<i64, RigStatus>,
     state: AppState,
-    shared: Arc<WebShared>,
     only: Option<String>,
 }
 
@@ -348,9 +171,8 @@ impl Feed {
             }
         }
         let now = crate::now_ms();
-        let rules = self.state.rules;
+        let judge = self.state.status.clone();
         let only = self.only.as_deref();
-        let shared = &self.shared;
         let last = &mut self.last;
         let mut rigs = Vec::new();
         let mut devices = Vec::new();
@@ -360,8 +182,7 @@ impl Feed {
                 if only.is_some_and(|u| u != r.uid.as_str()) {
                     continue;
                 }
-                let status =
-                    shared.effective(r.status(now, &rules), r.uid.as_str(), r.sample.as_ref());
+                let status = judge.status(r, now);
                 fleet[0] += 1;
                 fleet[match status {
                     RigStatus::Online => 1,
@@ -371,7 +192,7 @@ impl Feed {
                 let changed = last.get(&r.id) != Some(&status);
                 if changed || dirty.contains(&r.id) {
                     last.insert(r.id, status);
-                    let summary = RigSummary::from_live(r, now, &rules);
+                    let summary = RigSummary::from_live(r, now, &judge);
                     rigs.push(rig_update(&summary, status, now));
                     if only.is_some() {
                         devices = device_updates(r.sample.as_ref());
@@ -390,7 +211,6 @@ impl Feed {
 /// `GET /live`: the live feed (Server-Sent Events, one `rigs` event per second at most).
 pub async fn events(
     State(state): State<AppState>,
-    Extension(shared): Extension<Arc<WebShared>>,
     _user: WebUser,
     headers: HeaderMap,
     Query(q): Query<LiveQuery>,
@@ -407,7 +227,6 @@ pub async fn events(
         // confirms them all.
         last: HashMap::new(),
         state,
-        shared,
         only: q.rig.filter(|r| r.len() <= 128),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
@@ -423,74 +242,4 @@ pub async fn events(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rigfleet_proto::telemetry::{DeviceSample, RigSample};
-
-    fn rig(t: i64, hps: f64) -> RigLive {
-        RigLive {
-            id: 7,
-            uid: "rig-7".into(),
-            name: "r".into(),
-            group: None,
-            tags: vec![],
-            pending_approval: false,
-            flagged: None,
-            connected: true,
-            last_seen_ms: Some(t),
-            sample: Some(Sample {
-                seq: 1,
-                time_unix_ms: t,
-                rig: RigSample::default(),
-                devices: vec![DeviceSample {
-                    device_id: "gpu0".into(),
-                    algorithm: "sha256d".into(),
-                    enabled: true,
-                    hashrate_5s_hps: hps,
-                    hashrate_1m_hps: hps,
-                    accepted: 0,
-                    rejected: 0,
-                    stale: 0,
-                    hardware_errors: 0,
-                    temperature_celsius: None,
-                    fan_rpm: None,
-                    fan_percent: None,
-                    power_watts: None,
-                    core_clock_mhz: None,
-                    memory_clock_mhz: None,
-                }],
-                pool: None,
-            }),
-            agent_version: None,
-            hostname: None,
-            telemetry_interval_secs: 10,
-            clock_offset_ms: None,
-        }
-    }
-
-    #[test]
-    fn a_drop_under_80_percent_of_the_hour_average_warns() {
-        let rule = HashrateRule::default();
-        let mut a = Averages::default();
-        // 20 minutes steady at 100 MH/s.
-        for m in 0..=20 {
-            a.record(&rig(m * 60_000, 100e6));
-        }
-        let steady = rig(20 * 60_000, 100e6);
-        assert!(!a.dropped("rig-7", steady.sample.as_ref(), rule));
-        let slow = rig(21 * 60_000, 70e6);
-        a.record(&slow);
-        assert!(a.dropped("rig-7", slow.sample.as_ref(), rule));
-        assert!(a.device_avg("rig-7", "gpu0").is_some_and(|v| v > 95e6));
-        // Too little history: no verdict.
-        let mut fresh = Averages::default();
-        fresh.record(&rig(0, 100e6));
-        fresh.record(&rig(60_000, 10e6));
-        assert!(!fresh.dropped("rig-7", rig(60_000, 10e6).sample.as_ref(), rule));
-        a.forget(7);
-        assert!(a.device_avg("rig-7", "gpu0").is_none());
-    }
 }

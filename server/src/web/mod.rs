@@ -145,7 +145,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     for route in table() {
         router = router.route(route.path, route.handler);
     }
-    let shared = Arc::new(live::WebShared::new(&state));
+    let shared = Arc::new(live::WebShared::default());
     router
         .layer(axum::middleware::from_fn_with_state(state, session::guard))
         .layer(Extension(shared))

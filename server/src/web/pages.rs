@@ -23,7 +23,7 @@ use crate::api::rigs::{find_rig, query_fleet, rig_detail, rig_history, HistoryQu
 use crate::api::rigs::{RigSummary, SORT_COLUMNS};
 use crate::app::AppState;
 use crate::coins::CoinData;
-use crate::hub::live::RigStatus;
+use crate::fleet::RigStatus;
 
 /// Rows per overview page unless the query says otherwise.
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -104,17 +104,14 @@ impl OverviewQuery {
 /// Every rig matching the filter, sorted, with the status the dashboard shows.
 pub fn matching_rigs(
     state: &AppState,
-    shared: &WebShared,
     q: &OverviewQuery,
 ) -> Result<Vec<(RigSummary, RigStatus)>, WebError> {
     let status = match nonempty(&q.status).as_deref() {
         None => None,
-        Some("online") => Some(RigStatus::Online),
-        Some("warning") => Some(RigStatus::Warning),
-        Some("offline") => Some(RigStatus::Offline),
-        Some(_) => return Err(WebError::bad_request("unknown status")),
+        Some(s) => {
+            Some(RigStatus::parse(s).ok_or_else(|| WebError::bad_request("unknown status"))?)
+        }
     };
-    let dropped = dropped_rigs(state, shared);
     let mut all = Vec::new();
     let mut offset = 0;
     loop {
@@ -141,31 +138,11 @@ pub fn matching_rigs(
     Ok(all
         .into_iter()
         .map(|r| {
-            let s = if r.status == RigStatus::Online && dropped.contains(&r.id) {
-                RigStatus::Warning
-            } else {
-                r.status
-            };
+            let s = r.status;
             (r, s)
         })
         .filter(|(_, s)| status.is_none_or(|want| *s == want))
         .collect())
-}
-
-/// Rigs online by the hub's rules whose hash rate fell under the 1-hour average rule.
-fn dropped_rigs(state: &AppState, shared: &WebShared) -> HashSet<String> {
-    let now = crate::now_ms();
-    let rules = state.rules;
-    state.hub.live.with_all(|all| {
-        all.values()
-            .filter(|r| {
-                r.status(now, &rules) == RigStatus::Online
-                    && shared.effective(RigStatus::Online, r.uid.as_str(), r.sample.as_ref())
-                        == RigStatus::Warning
-            })
-            .map(|r| r.uid.0.clone())
-            .collect()
-    })
 }
 
 /// Totals of one algorithm.
@@ -261,7 +238,6 @@ fn efficiency(algorithm: &str, watts: f64, hps: f64) -> String {
 /// where `coins` has the algorithm) and fleet counts `[all, online, warning, offline]`.
 pub(super) fn totals(
     state: &AppState,
-    shared: &WebShared,
     coins: &[(String, CoinData)],
 ) -> (Vec<AlgoTotal>, [usize; 4]) {
     #[derive(Default)]
@@ -271,12 +247,11 @@ pub(super) fn totals(
         counts: [usize; 3],
     }
     let now = crate::now_ms();
-    let rules = state.rules;
     let mut by_algo: BTreeMap<String, Acc> = BTreeMap::new();
     let mut fleet = [0usize; 4];
     state.hub.live.with_all(|all| {
         for r in all.values() {
-            let status = shared.effective(r.status(now, &rules), r.uid.as_str(), r.sample.as_ref());
+            let status = state.status.status(r, now);
             let idx = match status {
                 RigStatus::Online => 0,
                 RigStatus::Warning => 1,
@@ -331,7 +306,6 @@ pub fn rig_href(uid: &str) -> String {
 /// Renders the overview page (also used by the benchmark).
 pub async fn render_overview(
     state: &AppState,
-    shared: &WebShared,
     user: &WebUser,
     q: &OverviewQuery,
 ) -> Result<String, WebError> {
@@ -344,7 +318,7 @@ pub async fn render_overview(
     } else {
         "asc"
     };
-    let rigs = matching_rigs(state, shared, q)?;
+    let rigs = matching_rigs(state, q)?;
     let per = q.per.unwrap_or(DEFAULT_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
     let pages = rigs.len().div_ceil(per).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
@@ -402,7 +376,7 @@ pub async fn render_overview(
     let coins = crate::coins::load_all(&state.hub.store)
         .await
         .unwrap_or_default();
-    let (totals, fleet) = totals(state, shared, &coins);
+    let (totals, fleet) = totals(state, &coins);
     let groups = state.hub.store.list_groups().await.unwrap_or_default();
     let p = OverviewPage {
         nav: Some(Nav::new(user, "overview")),
@@ -433,12 +407,11 @@ pub async fn render_overview(
 /// `GET /`.
 pub async fn overview(
     State(state): State<AppState>,
-    Extension(shared): Extension<Arc<WebShared>>,
     user: WebUser,
     Query(q): Query<OverviewQuery>,
 ) -> Response {
     respond(
-        render_overview(&state, &shared, &user, &q)
+        render_overview(&state, &user, &q)
             .await
             .map(|html| axum::response::Html(html).into_response()),
     )
@@ -478,7 +451,7 @@ pub async fn bulk(
                     status: Some(f.get("status").to_string()),
                     ..Default::default()
                 };
-                matching_rigs(&state, &shared, &q)?
+                matching_rigs(&state, &q)?
                     .into_iter()
                     .map(|(r, _)| r.id)
                     .collect()
@@ -624,7 +597,6 @@ const RANGES: &[(&str, i64)] = &[
 /// `GET /rigs/{rig}`.
 pub async fn rig_page(
     State(state): State<AppState>,
-    Extension(shared): Extension<Arc<WebShared>>,
     user: WebUser,
     Path(uid): Path<String>,
     Query(q): Query<RigPageQuery>,
@@ -637,7 +609,7 @@ pub async fn rig_page(
             let sample = live.as_ref().and_then(|l| l.sample.as_ref());
             let now = crate::now_ms();
             let s = &detail.summary;
-            let status = shared.effective(s.status, &s.id, sample);
+            let status = s.status;
             let range = q.range.as_deref().unwrap_or("1h");
             let span = RANGES
                 .iter()
@@ -720,7 +692,6 @@ pub async fn rig_page(
                 ),
             ];
             let devices: Vec<DeviceRowView> = {
-                let averages = shared.averages.lock().unwrap_or_else(|e| e.into_inner());
                 detail
                     .devices
                     .iter()
@@ -734,7 +705,8 @@ pub async fn rig_page(
                             algorithm: ds.map_or_else(fmt::dash, |x| x.algorithm.clone()),
                             hashrate: ds
                                 .map_or_else(fmt::dash, |x| fmt::hashrate(x.hashrate_1m_hps)),
-                            avg: averages
+                            avg: state
+                                .status
                                 .device_avg(&s.id, &d.id)
                                 .map_or_else(fmt::dash, fmt::hashrate),
                             temp: fmt::temp(ds.and_then(|x| x.temperature_celsius)),
