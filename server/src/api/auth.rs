@@ -24,6 +24,8 @@ pub struct Caller {
     pub level: Scope,
     /// Signed in with a dashboard session cookie rather than an API token.
     pub via_session: bool,
+    /// The fleet's view of the caller.
+    pub who: crate::fleet::Actor,
 }
 
 fn rank(s: Scope) -> u8 {
@@ -128,6 +130,7 @@ impl FromRequestParts<AppState> for Caller {
             actor: format!("token:{}", row.name),
             level,
             via_session: false,
+            who: crate::fleet::Actor::token(&row.name, level),
         })
     }
 }
@@ -161,5 +164,6 @@ async fn session_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiFa
         actor: user.actor(),
         level: user.scope(),
         via_session: true,
+        who: user.as_actor(),
     })
 }

@@ -145,6 +145,30 @@ impl From<StoreError> for ApiFailure {
     }
 }
 
+/// The REST API's one mapping of a fleet operation's failure.
+impl From<crate::fleet::FleetError> for ApiFailure {
+    fn from(e: crate::fleet::FleetError) -> Self {
+        use crate::fleet::FleetError as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound(_) => ApiFailure::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::Invalid { code, fields } => ApiFailure::invalid(code, fields),
+            E::BadRequest(_) => ApiFailure::bad_request(message),
+            E::Conflict(_) => ApiFailure::new(StatusCode::CONFLICT, "conflict", message),
+            E::Forbidden(_) => ApiFailure::forbidden(message),
+            E::ReauthRequired(_) => {
+                ApiFailure::new(StatusCode::FORBIDDEN, "reauth_required", message)
+            }
+            E::Unavailable(_) => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            E::Internal(_) => {
+                ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status = self.status;

@@ -240,6 +240,22 @@ impl From<crate::db::StoreError> for WebError {
     }
 }
 
+/// The dashboard's one mapping of a fleet operation's failure.
+impl From<crate::fleet::FleetError> for WebError {
+    fn from(e: crate::fleet::FleetError) -> Self {
+        use crate::fleet::FleetError as E;
+        let status = match &e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Invalid { .. } | E::BadRequest(_) => StatusCode::BAD_REQUEST,
+            E::Conflict(_) => StatusCode::CONFLICT,
+            E::Forbidden(_) | E::ReauthRequired(_) => StatusCode::FORBIDDEN,
+            E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        WebError::new(status, e.to_string())
+    }
+}
+
 impl From<askama::Error> for WebError {
     fn from(e: askama::Error) -> Self {
         tracing::error!(error = %e, "Template rendering failed");

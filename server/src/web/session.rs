@@ -59,6 +59,11 @@ impl WebUser {
         self.role == Role::Admin
     }
 
+    /// The fleet's view of this user.
+    pub fn as_actor(&self) -> crate::fleet::Actor {
+        crate::fleet::Actor::user(self.user_id, &self.username, self.role)
+    }
+
     /// For the audit log.
     pub fn actor(&self) -> String {
         format!("user:{}", self.username)
