@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod error;
+pub mod layers;
 pub mod status;
 
 pub use actor::{Actor, ActorKind, Permission, Permissions};
