@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 
 use super::session::{origin_absent_or_ours, WebUser};
 use super::{fmt, WebError};
-use crate::api::rigs::RigSummary;
 use crate::app::AppState;
+use crate::fleet::rigs::RigSummary;
 use crate::fleet::RigStatus;
 
 /// A login that passed its password and waits for the second factor.
