@@ -21,7 +21,7 @@ const POOL_PASSWORD: &str = "pool-password";
 
 impl Store {
     /// The config as stored: JSON with every pool password sealed by the secrets key.
-    fn sealed_json(&self, config: &DesiredConfig) -> Result<String, StoreError> {
+    pub(super) fn sealed_json(&self, config: &DesiredConfig) -> Result<String, StoreError> {
         let mut sealed = config.clone();
         for pool in &mut sealed.pools {
             if !pool.password.is_empty() {
@@ -173,6 +173,18 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound);
         }
+        // The rollouts that gave the rig this version learn how it went (matched by version
+        // and content, so a stale report for an older version settles nothing).
+        dispatch!(self, p => {
+            sqlx::query(
+                "UPDATE rollout_rigs SET state = CASE WHEN $4 THEN 'applied' ELSE 'failed' END,
+                   error = $5, updated_at_ms = $6
+                 WHERE rig_id = $1 AND target_version = $2 AND target_hash = $3
+                   AND state IN ('pending', 'sent', 'failed')",
+            )
+            .bind(rig_id).bind(version).bind(content_hash).bind(ok).bind(error).bind(now_ms)
+            .execute(p).await?;
+        });
         Ok(())
     }
 

@@ -7,9 +7,11 @@ mod bench;
 mod commands;
 mod configs;
 mod events;
+mod layers;
 mod locks;
 pub mod packed;
 pub(crate) mod rigs;
+mod rollouts;
 pub mod rollup;
 pub(crate) mod row;
 pub mod telemetry;
@@ -27,6 +29,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use layers::{GroupRow, LayerSnapshot, ProfileLayer, RigLayers, RigPlace};
+pub use rollouts::{LayerEdits, NewRollout, RolloutRigRow, RolloutRow};
 pub use rollup::{prune, run_rollups, PruneStats, Retention, RollupStats};
 pub use tokens::TokenUseError;
 pub use types::*;
@@ -34,6 +38,47 @@ pub use users::TotpAttempt;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The migrations up to `max` (all when `None`).
+fn migrator(all: &sqlx::migrate::Migrator, max: Option<i64>) -> sqlx::migrate::Migrator {
+    let Some(max) = max else {
+        return sqlx::migrate::Migrator {
+            migrations: all.migrations.clone(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+    };
+    sqlx::migrate::Migrator {
+        migrations: all
+            .migrations
+            .iter()
+            .filter(|m| m.version <= max)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    }
+}
+
+tokio::task_local! {
+    /// Upgrade tests open a database as an older version of the server left it: migrations
+    /// above this number are not run.
+    pub static MAX_MIGRATION: i64;
+}
+
+fn max_migration() -> Option<i64> {
+    MAX_MIGRATION.try_with(|v| *v).ok()
+}
+
+impl Store {
+    /// Runs every migration not run yet (after a store opened under [`MAX_MIGRATION`]).
+    pub async fn migrate_fully(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(p) => migrator(&SQLITE_MIGRATIONS, None).run(p).await?,
+            Backend::Postgres(p) => migrator(&POSTGRES_MIGRATIONS, None).run(p).await?,
+        }
+        Ok(())
+    }
+}
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +197,9 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts)
                 .await?;
-            POSTGRES_MIGRATIONS.run(&pool).await?;
+            migrator(&POSTGRES_MIGRATIONS, max_migration())
+                .run(&pool)
+                .await?;
             Ok(Store {
                 backend: Backend::Postgres(pool),
                 secrets: None,
@@ -191,7 +238,9 @@ impl Store {
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts)
             .await?;
-        SQLITE_MIGRATIONS.run(&pool).await?;
+        migrator(&SQLITE_MIGRATIONS, max_migration())
+            .run(&pool)
+            .await?;
         Ok(Store {
             backend: Backend::Sqlite(pool),
             secrets: None,

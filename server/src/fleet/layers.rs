@@ -257,6 +257,41 @@ pub fn build(
     }))
 }
 
+/// The layers of one rig, lowest first: its profile (its own, else its group's), its group's
+/// overrides, its own overrides.
+pub fn layers_of<'a>(
+    snap: &'a crate::db::LayerSnapshot,
+    rig: &'a crate::db::RigLayers,
+) -> Vec<(Source, &'a ConfigLayer)> {
+    let group = rig.group.as_ref().and_then(|g| snap.groups.get(g));
+    let profile = rig
+        .profile_id
+        .or_else(|| group.and_then(|g| g.profile_id))
+        .and_then(|id| snap.profiles.get(&id));
+    let mut out = Vec::with_capacity(3);
+    if let Some(p) = profile {
+        out.push((Source::Profile(p.name.clone()), &p.layer));
+    }
+    if let Some(g) = group {
+        out.push((Source::Group(g.name.clone()), &g.overrides));
+    }
+    out.push((Source::Rig, &rig.overrides));
+    out
+}
+
+/// Builds one rig's config from a snapshot.
+pub fn build_rig(
+    snap: &crate::db::LayerSnapshot,
+    rig: &crate::db::RigLayers,
+) -> Result<Option<Built>, FleetError> {
+    let facts = RigFacts {
+        name: rig.name.clone(),
+        group: rig.group.clone(),
+        device_ids: rig.device_ids.clone(),
+    };
+    build(&layers_of(snap, rig), &facts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
