@@ -116,17 +116,28 @@ pub async fn load_all(store: &Store) -> Result<Vec<(String, CoinData)>, StoreErr
         .collect())
 }
 
-/// Stores (replaces) the coin data of `algorithm`, after validating both.
-pub async fn save(store: &Store, algorithm: &str, data: &CoinData) -> Result<(), String> {
+/// Refuses an algorithm id or coin data that [`save`] would not store.
+pub fn check(algorithm: &str, data: &CoinData) -> Result<(), String> {
     if !valid_algorithm(algorithm) {
         return Err("algorithm must be 1 to 32 of a-z, 0-9, - and _".into());
     }
-    data.validate()?;
-    let json = serde_json::to_string(data).map_err(|e| e.to_string())?;
+    data.validate()
+}
+
+/// Stores (replaces) the coin data of `algorithm`, after validating both.
+pub async fn save(store: &Store, algorithm: &str, data: &CoinData) -> Result<(), String> {
+    check(algorithm, data)?;
+    write(store, algorithm, data)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Stores (replaces) the coin data of `algorithm`, already [`check`]ed.
+pub async fn write(store: &Store, algorithm: &str, data: &CoinData) -> Result<(), StoreError> {
+    let json = serde_json::to_string(data).map_err(|e| StoreError::Invalid(e.to_string()))?;
     store
         .set_setting(&format!("{KEY_PREFIX}{algorithm}"), &json)
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// Removes the coin data of `algorithm`; false when it had none.

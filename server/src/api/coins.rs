@@ -1,5 +1,5 @@
-//! Coin data per algorithm (network difficulty, block reward, price, pool fee), from which the
-//! dashboard estimates revenue per day.
+//! Coin data per algorithm (network difficulty, block reward, price, pool fee) through the REST
+//! API: thin handlers over [`crate::fleet::coins`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,10 +9,9 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiFailure, ApiJson};
-use super::rigs::audit;
 use crate::app::AppState;
-use crate::coins::{self, CoinData};
-use crate::db::Scope;
+use crate::coins::CoinData;
+use crate::fleet::coins;
 
 /// Coin data of one algorithm.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -30,8 +29,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<CoinView>>, ApiFailure> {
-    caller.require(Scope::Read)?;
-    let all = coins::load_all(&state.hub.store).await?;
+    let all = coins::list(&state, &caller.who).await?;
     Ok(Json(
         all.into_iter()
             .map(|(algorithm, data)| CoinView { algorithm, data })
@@ -47,26 +45,7 @@ pub async fn put(
     Path(algorithm): Path<String>,
     ApiJson(data): ApiJson<CoinData>,
 ) -> Result<Json<CoinView>, ApiFailure> {
-    caller.require(Scope::Write)?;
-    coins::save(&state.hub.store, &algorithm, &data)
-        .await
-        .map_err(ApiFailure::bad_request)?;
-    audit(
-        &state,
-        &caller,
-        "coin.put",
-        &algorithm,
-        &format!(
-            "{} difficulty {} reward {} price {} {} fee {}%",
-            data.coin,
-            data.network_difficulty,
-            data.block_reward,
-            data.price,
-            data.currency,
-            data.pool_fee_percent
-        ),
-    )
-    .await;
+    coins::put(&state, &caller.who, &algorithm, &data).await?;
     Ok(Json(CoinView { algorithm, data }))
 }
 
@@ -77,10 +56,6 @@ pub async fn remove(
     caller: Caller,
     Path(algorithm): Path<String>,
 ) -> Result<StatusCode, ApiFailure> {
-    caller.require(Scope::Write)?;
-    if !coins::remove(&state.hub.store, &algorithm).await? {
-        return Err(ApiFailure::not_found("coin data"));
-    }
-    audit(&state, &caller, "coin.delete", &algorithm, "").await;
+    coins::remove(&state, &caller.who, &algorithm).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,15 +8,18 @@ use axum::extract::{Path, State};
 use axum::Json;
 use rigfleet_proto::command::Command;
 use rigfleet_proto::config::DesiredConfig;
-use rigfleet_proto::RigId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiFailure, ApiJson, ApiQuery};
-use super::rigs::{audit, find_rig, DeviceView};
 use crate::app::AppState;
-use crate::db::Scope;
+use crate::fleet::commands;
+use crate::fleet::configs::{self, ConfigChange, Desired};
+use crate::fleet::rigs::{self as fleet_rigs, DeviceView};
+
+// The events' view, kept at its old path.
+pub use crate::fleet::rigs::EventView;
 
 /// A desired config as the API shows it.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -39,25 +42,19 @@ pub async fn get_config(
     caller: Caller,
     Path(uid): Path<String>,
 ) -> Result<Json<ConfigView>, ApiFailure> {
-    // Pool passwords and wallets are in here.
-    if !super::auth::may_see_wallets(caller.level) {
-        return Err(ApiFailure::forbidden(
-            "configs hold wallets and pool passwords: this needs the write scope",
-        ));
+    let d = configs::get(&state, &caller.who, &uid).await?;
+    Ok(Json(ConfigView::new(d, None)))
+}
+
+impl ConfigView {
+    fn new(d: Desired, pushed: Option<bool>) -> ConfigView {
+        ConfigView {
+            version: d.version,
+            content_hash: d.content_hash,
+            config: d.config,
+            pushed,
+        }
     }
-    let row = find_rig(&state, &uid).await?;
-    let d = state
-        .hub
-        .store
-        .desired_config(row.id)
-        .await?
-        .ok_or_else(|| ApiFailure::not_found("desired config"))?;
-    Ok(Json(ConfigView {
-        version: d.version,
-        content_hash: d.content_hash,
-        config: d.config,
-        pushed: None,
-    }))
 }
 
 /// Replaces the rig's desired config; the body's `version` is ignored (the server assigns the
@@ -69,42 +66,16 @@ pub async fn put_config(
     Path(uid): Path<String>,
     ApiJson(value): ApiJson<serde_json::Value>,
 ) -> Result<Json<ConfigView>, ApiFailure> {
-    caller.require(Scope::Write)?;
-    caller.require_token("changing a rig's pools")?;
-    let row = find_rig(&state, &uid).await?;
-    let mut config = config_from_json(value, "")?;
-    config.version = row.desired_version + 1;
-    let before = state.hub.store.desired_config(row.id).await?;
-    let (d, pushed) = state
-        .hub
-        .set_desired_config(
-            row.id,
-            &RigId(row.rig_uid.clone()),
-            &config,
-            Some(&caller.actor),
-        )
-        .await
-        .map_err(order_failure)?;
-    super::audit::record_config_change(
-        &state,
-        &caller.actor,
-        &uid,
-        before.as_ref().map(|b| &b.config),
-        &d,
-        pushed,
-    )
-    .await;
-    Ok(Json(ConfigView {
-        version: d.version,
-        content_hash: d.content_hash,
-        config: d.config,
-        pushed: Some(pushed),
-    }))
+    let config = config_from_json(value, "")?;
+    let ConfigChange {
+        desired, pushed, ..
+    } = configs::put(&state, &caller.who, &uid, config).await?;
+    Ok(Json(ConfigView::new(desired, Some(pushed))))
 }
 
-/// A desired config from a request's JSON (its `version` optional and ignored), checked as the
-/// agent checks it: a body of the wrong shape is 422 and a config that breaks a rule 400
-/// `invalid_config`, both with each field's path (under `prefix`, e.g. `config.`) in `fields`.
+/// A desired config from a request's JSON (its `version` optional and ignored): a body of the
+/// wrong shape is 422 with the field's path (under `prefix`, e.g. `config.`) in `fields`. The
+/// rules (400 `invalid_config`) are the operation's to check, after its permission.
 pub fn config_from_json(
     mut value: serde_json::Value,
     prefix: &str,
@@ -133,36 +104,7 @@ pub fn config_from_json(
         )
         .with_fields([(field, message)].into_iter().collect())
     })?;
-    check_config(&config, prefix)?;
     Ok(config)
-}
-
-/// Refuses a config that breaks a rule, with every problem under its field's path.
-pub fn check_config(config: &DesiredConfig, prefix: &str) -> Result<(), ApiFailure> {
-    let errors = config.field_errors();
-    if errors.is_empty() {
-        return Ok(());
-    }
-    let mut fields = super::error::FieldErrors::new();
-    for e in errors {
-        fields
-            .entry(format!("{prefix}{}", e.field))
-            .and_modify(|m: &mut String| {
-                m.push_str("; ");
-                m.push_str(&e.message);
-            })
-            .or_insert(e.message);
-    }
-    Err(ApiFailure::invalid("invalid_config", fields))
-}
-
-pub(crate) fn order_failure(e: crate::hub::OrderError) -> ApiFailure {
-    match e {
-        crate::hub::OrderError::Store(s) => s.into(),
-        crate::hub::OrderError::Encode(m) => {
-            ApiFailure::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
-        }
-    }
 }
 
 /// A command to send.
@@ -204,47 +146,15 @@ pub async fn send_command(
     Path(uid): Path<String>,
     ApiJson(req): ApiJson<CommandRequest>,
 ) -> Result<Json<CommandView>, ApiFailure> {
-    caller.require(Scope::Write)?;
-    if super::auth::command_needs_reauth(&req.command) {
-        caller.require_token("a shell command or a reboot")?;
-    }
-    let row = find_rig(&state, &uid).await?;
-    let order = rigfleet_proto::command::CommandOrder {
-        command_id: "check".into(),
-        command: req.command.clone(),
-    };
-    order
-        .validate()
-        .map_err(|e| ApiFailure::bad_request(e.to_string()))?;
-    let command_json = serde_json::to_value(&req.command).unwrap_or_default();
-    let (id, rx) = state
-        .hub
-        .send_command(
-            row.id,
-            &RigId(row.rig_uid.clone()),
-            req.command,
-            Some(&caller.actor),
-        )
-        .await
-        .map_err(order_failure)?;
-    audit(
-        &state,
-        &caller,
-        "rig.command",
-        &uid,
-        &command_json.to_string(),
-    )
-    .await;
+    let sent = commands::send(&state, &caller.who, &uid, req.command).await?;
+    let (id, command, created_at_ms) = (sent.id.clone(), sent.command.clone(), sent.created_at_ms);
     let wait = Duration::from_secs(req.wait_secs.unwrap_or(10).min(30));
-    let outcome = tokio::time::timeout(wait, rx)
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let outcome = sent.outcome(wait).await;
     Ok(Json(CommandView {
-        id: id.0,
-        command: command_json,
-        created_by: Some(caller.actor),
-        created_at_ms: crate::now_ms(),
+        id,
+        command,
+        created_by: Some(caller.who.audit_name()),
+        created_at_ms,
         finished_at_ms: outcome.as_ref().map(|_| crate::now_ms()),
         ok: outcome.as_ref().map(|o| o.ok),
         output: outcome.map(|o| o.output),
@@ -269,25 +179,12 @@ pub async fn list_commands(
     Path(uid): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Vec<CommandView>>, ApiFailure> {
-    caller.require(Scope::Read)?;
-    let row = find_rig(&state, &uid).await?;
-    let rows = state
-        .hub
-        .store
-        .list_commands(
-            row.id,
-            q.limit.unwrap_or(50).clamp(1, 500),
-            q.offset.unwrap_or(0).max(0),
-        )
-        .await?;
+    let rows = commands::list(&state, &caller.who, &uid, q.limit, q.offset).await?;
     Ok(Json(
         rows.into_iter()
             .map(|c| CommandView {
-                id: c.command_uid,
-                command: serde_json::from_str::<serde_json::Value>(&c.command_json)
-                    .ok()
-                    .and_then(|v| v.get("command").cloned())
-                    .unwrap_or_default(),
+                id: c.id,
+                command: c.command,
                 created_by: c.created_by,
                 created_at_ms: c.created_at_ms,
                 finished_at_ms: c.finished_at_ms,
@@ -305,9 +202,7 @@ pub async fn devices(
     caller: Caller,
     Path(uid): Path<String>,
 ) -> Result<Json<Vec<DeviceView>>, ApiFailure> {
-    caller.require(Scope::Read)?;
-    let detail = super::rigs::rig_detail(&state, &uid, caller.level).await?;
-    Ok(Json(detail.devices))
+    Ok(Json(fleet_rigs::devices(&state, &caller.who, &uid).await?))
 }
 
 /// Events filter.
@@ -322,23 +217,6 @@ pub struct EventQuery {
     pub before: Option<i64>,
 }
 
-/// An event.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct EventView {
-    /// Id (pages go by it).
-    pub id: i64,
-    /// Rig id, if about one.
-    pub rig: Option<String>,
-    /// Unix ms.
-    pub time_ms: i64,
-    /// info, warning, error.
-    pub severity: String,
-    /// What kind.
-    pub kind: String,
-    /// Text.
-    pub message: String,
-}
-
 /// Events, newest first.
 #[utoipa::path(get, path = "/api/v1/events", params(EventQuery), responses((status = 200, body = Vec<EventView>)), tag = "events")]
 pub async fn events(
@@ -346,31 +224,14 @@ pub async fn events(
     caller: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiFailure> {
-    caller.require(Scope::Read)?;
-    let rig = match &q.rig {
-        Some(uid) => Some(find_rig(&state, uid).await?),
-        None => None,
-    };
-    let rows = state
-        .hub
-        .store
-        .list_events(
-            rig.as_ref().map(|r| r.id),
-            q.limit.unwrap_or(100).clamp(1, 1000),
+    Ok(Json(
+        fleet_rigs::events(
+            &state,
+            &caller.who,
+            q.rig.as_deref(),
+            q.limit.unwrap_or(100),
             q.before,
         )
-        .await?;
-    let uid_of = |id: Option<i64>| id.and_then(|id| state.hub.live.get(id)).map(|l| l.uid.0);
-    Ok(Json(
-        rows.into_iter()
-            .map(|e| EventView {
-                id: e.id,
-                rig: uid_of(e.rig_id),
-                time_ms: e.time_ms,
-                severity: e.severity,
-                kind: e.kind,
-                message: e.message,
-            })
-            .collect(),
+        .await?,
     ))
 }

@@ -1,5 +1,5 @@
-//! Profiles (what a set of rigs mines). The default profile is what a freshly enrolled rig gets;
-//! the fleet-control issue builds groups, overrides and bulk pushes on top.
+//! Profiles (what a set of rigs mines) through the REST API: thin handlers over
+//! [`crate::fleet::profiles`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,9 +10,8 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiFailure, ApiJson};
-use super::rigs::audit;
 use crate::app::AppState;
-use crate::db::{ProfileRow, Scope};
+use crate::fleet::profiles::{self, Profile};
 
 /// A profile.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -26,8 +25,8 @@ pub struct ProfileView {
     pub config: DesiredConfig,
 }
 
-impl From<ProfileRow> for ProfileView {
-    fn from(p: ProfileRow) -> Self {
+impl From<Profile> for ProfileView {
+    fn from(p: Profile) -> Self {
         ProfileView {
             name: p.name,
             is_default: p.is_default,
@@ -54,13 +53,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<ProfileView>>, ApiFailure> {
-    // Profiles hold wallets and pool passwords.
-    if !super::auth::may_see_wallets(caller.level) {
-        return Err(ApiFailure::forbidden(
-            "profiles hold wallets and pool passwords: this needs the write scope",
-        ));
-    }
-    let rows = state.hub.store.list_profiles().await?;
+    let rows = profiles::list(&state, &caller.who).await?;
     Ok(Json(rows.into_iter().map(ProfileView::from).collect()))
 }
 
@@ -72,32 +65,8 @@ pub async fn put(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ProfileRequest>,
 ) -> Result<Json<ProfileView>, ApiFailure> {
-    caller.require(Scope::Write)?;
-    caller.require_token("changing a profile's pools")?;
-    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiFailure::bad_request("name must be 1 to 64 characters"));
-    }
     let config = super::orders::config_from_json(req.config, "config.")?;
-    let before = state.hub.store.profile_by_name(&name).await?;
-    let row = state
-        .hub
-        .store
-        .upsert_profile(&name, &config, req.is_default)
-        .await?;
-    // The same before/after as a rig's config change (pools' URLs and wallets, never their
-    // passwords).
-    audit(
-        &state,
-        &caller,
-        "profile.put",
-        &name,
-        &format!(
-            "default={}: {}",
-            req.is_default,
-            super::audit::config_diff(before.as_ref().map(|p| &p.config), &row.config)
-        ),
-    )
-    .await;
+    let row = profiles::put(&state, &caller.who, &name, &config, req.is_default).await?;
     Ok(Json(row.into()))
 }
 
@@ -108,10 +77,6 @@ pub async fn remove(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiFailure> {
-    caller.require(Scope::Write)?;
-    if !state.hub.store.delete_profile(&name).await? {
-        return Err(ApiFailure::not_found("profile"));
-    }
-    audit(&state, &caller, "profile.delete", &name, "").await;
+    profiles::remove(&state, &caller.who, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -103,6 +103,19 @@ impl From<StoreError> for FleetError {
     }
 }
 
+/// An order (a config push, a command) that could not be stored or signed.
+impl From<crate::hub::OrderError> for FleetError {
+    fn from(e: crate::hub::OrderError) -> Self {
+        match e {
+            crate::hub::OrderError::Store(s) => s.into(),
+            crate::hub::OrderError::Encode(m) => {
+                tracing::error!(error = %m, "An order could not be encoded");
+                FleetError::Internal(m)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

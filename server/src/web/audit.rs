@@ -8,9 +8,10 @@ use serde::Deserialize;
 use super::session::WebUser;
 use super::{fmt, render, respond, Nav};
 use crate::app::AppState;
+use crate::fleet::audit;
 
 /// Rows per page.
-const PAGE: i64 = 100;
+const PAGE: i64 = audit::DEFAULT_PAGE;
 
 /// `?before=<id>`: the page after an entry.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -44,8 +45,7 @@ pub async fn audit_page(
 ) -> Response {
     respond(
         async {
-            user.require_admin()?;
-            let rows = state.hub.store.list_audit(PAGE, q.before).await?;
+            let rows = audit::list(&state, &user.as_actor(), Some(PAGE), q.before).await?;
             let older_href = (rows.len() as i64 == PAGE)
                 .then(|| rows.last().map(|r| format!("/audit?before={}", r.id)))
                 .flatten();

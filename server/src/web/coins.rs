@@ -2,16 +2,17 @@
 //! per day. Everyone sees it; operators and admins change it.
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
 
-use super::pages::{audit, totals};
+use super::common::{totals, WebForm};
 use super::session::WebUser;
-use super::{render, respond, Fields, Nav, WebError};
+use super::{render, respond, Nav, WebError};
 use crate::app::AppState;
-use crate::coins::{self, CoinData};
+use crate::coins::CoinData;
+use crate::fleet::{coins, FleetError};
 
 struct CoinRow {
     algorithm: String,
@@ -64,7 +65,7 @@ async fn view(
     error: Option<String>,
     form: Vec<(&'static str, String)>,
 ) -> Result<Response, WebError> {
-    let data = coins::load_all(&state.hub.store).await?;
+    let data = coins::list(state, &user.as_actor()).await?;
     let (totals, _) = totals(state, &data);
     let rows = data
         .iter()
@@ -114,59 +115,81 @@ pub async fn coins_page(State(state): State<AppState>, user: WebUser) -> Respons
     respond(view(&state, &user, None, Vec::new()).await)
 }
 
-fn parse(f: &Fields) -> Result<(String, CoinData), String> {
-    let number = |name: &str| -> Result<f64, String> {
-        let v = f.get(name).trim();
-        if v.is_empty() && name == "pool_fee_percent" {
-            return Ok(0.0);
+/// The coin form as posted (every field text: the numbers are read below, so that a typo
+/// comes back on the form with its field named).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CoinForm {
+    algorithm: String,
+    coin: String,
+    network_difficulty: String,
+    block_reward: String,
+    price: String,
+    currency: String,
+    pool_fee_percent: String,
+}
+
+impl CoinForm {
+    fn get(&self, name: &str) -> &str {
+        match name {
+            "algorithm" => &self.algorithm,
+            "coin" => &self.coin,
+            "network_difficulty" => &self.network_difficulty,
+            "block_reward" => &self.block_reward,
+            "price" => &self.price,
+            "currency" => &self.currency,
+            "pool_fee_percent" => &self.pool_fee_percent,
+            _ => "",
         }
-        v.parse::<f64>()
-            .map_err(|_| format!("{} must be a number", name.replace('_', " ")))
-    };
-    let data = CoinData {
-        coin: f.get("coin").trim().to_ascii_uppercase(),
-        network_difficulty: number("network_difficulty")?,
-        block_reward: number("block_reward")?,
-        price: number("price")?,
-        currency: f.get("currency").trim().to_ascii_uppercase(),
-        pool_fee_percent: number("pool_fee_percent")?,
-    };
-    Ok((f.get("algorithm").trim().to_string(), data))
+    }
+
+    fn parse(&self) -> Result<(String, CoinData), String> {
+        let number = |name: &str| -> Result<f64, String> {
+            let v = self.get(name).trim();
+            if v.is_empty() && name == "pool_fee_percent" {
+                return Ok(0.0);
+            }
+            v.parse::<f64>()
+                .map_err(|_| format!("{} must be a number", name.replace('_', " ")))
+        };
+        let data = CoinData {
+            coin: self.coin.trim().to_ascii_uppercase(),
+            network_difficulty: number("network_difficulty")?,
+            block_reward: number("block_reward")?,
+            price: number("price")?,
+            currency: self.currency.trim().to_ascii_uppercase(),
+            pool_fee_percent: number("pool_fee_percent")?,
+        };
+        Ok((self.algorithm.trim().to_string(), data))
+    }
 }
 
 /// `POST /coins`: sets (replaces) one algorithm's coin data.
-pub async fn coins_save(State(state): State<AppState>, user: WebUser, body: Bytes) -> Response {
+pub async fn coins_save(
+    State(state): State<AppState>,
+    user: WebUser,
+    WebForm(f): WebForm<CoinForm>,
+) -> Response {
     respond(
         async {
-            user.require_write()?;
-            let f = Fields::parse(&body);
-            let saved = match parse(&f) {
-                Ok((algorithm, data)) => coins::save(&state.hub.store, &algorithm, &data)
-                    .await
-                    .map(|()| (algorithm, data)),
-                Err(e) => Err(e),
-            };
-            match saved {
+            let refused = match f.parse() {
                 Ok((algorithm, data)) => {
-                    let detail = format!(
-                        "{} difficulty {} reward {} price {} {}",
-                        data.coin,
-                        data.network_difficulty,
-                        data.block_reward,
-                        data.price,
-                        data.currency
-                    );
-                    audit(&state, &user, "coin.put", &algorithm, &detail).await;
-                    Ok(Redirect::to("/coins").into_response())
+                    match coins::put(&state, &user.as_actor(), &algorithm, &data).await {
+                        Ok(()) => return Ok(Redirect::to("/coins").into_response()),
+                        // Values the operator can fix come back on the form.
+                        Err(e @ (FleetError::BadRequest(_) | FleetError::Invalid { .. })) => {
+                            e.to_string()
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
-                Err(message) => {
-                    let form = FIELDS
-                        .iter()
-                        .map(|k| (*k, f.get(k).chars().take(64).collect()))
-                        .collect();
-                    view(&state, &user, Some(message), form).await
-                }
-            }
+                Err(message) => message,
+            };
+            let form = FIELDS
+                .iter()
+                .map(|k| (*k, f.get(k).chars().take(64).collect()))
+                .collect();
+            view(&state, &user, Some(refused), form).await
         }
         .await,
     )
@@ -180,14 +203,14 @@ pub async fn coins_delete(
 ) -> Response {
     respond(
         async {
-            user.require_write()?;
-            if !coins::remove(&state.hub.store, &algorithm).await? {
-                return Err(WebError::new(
-                    StatusCode::NOT_FOUND,
-                    "no coin data for that algorithm",
-                ));
-            }
-            audit(&state, &user, "coin.delete", &algorithm, "").await;
+            coins::remove(&state, &user.as_actor(), &algorithm)
+                .await
+                .map_err(|e| match e {
+                    FleetError::NotFound(_) => {
+                        WebError::new(StatusCode::NOT_FOUND, "no coin data for that algorithm")
+                    }
+                    e => e.into(),
+                })?;
             Ok(Redirect::to("/coins").into_response())
         }
         .await,

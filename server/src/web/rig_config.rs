@@ -5,22 +5,19 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use rigfleet_proto::config::{DesiredConfig, PoolSpec};
 use rigfleet_proto::limits::MAX_POOLS;
-use rigfleet_proto::RigId;
 
 use super::account::confirm_password;
+use super::common::{rig_href, WebForm};
 use super::live::WebShared;
-use super::pages::rig_href;
 use super::session::WebUser;
-use super::{respond, Fields, WebError};
-use crate::api::orders::order_failure;
-use crate::api::rigs::find_rig;
+use super::{respond, WebError};
 use crate::app::AppState;
+use crate::fleet::configs::{self, MiningChange};
 
 /// Algorithms the form suggests (any id is accepted: other backends bring other algorithms).
 pub const SUGGESTED_ALGORITHMS: &[&str] = &["sha256d", "scrypt"];
@@ -55,106 +52,81 @@ pub fn pool_rows(config: Option<&DesiredConfig>) -> Vec<PoolRow> {
         .collect()
 }
 
-/// The config the form asks for, on top of the current one; checked as the agent checks it.
-pub fn config_from_form(
-    current: Option<&DesiredConfig>,
-    f: &Fields,
-) -> Result<DesiredConfig, WebError> {
-    let algorithm = f.get("algorithm").trim().to_ascii_lowercase();
-    let id_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
-    if algorithm.len() > 32 || !algorithm.chars().all(id_char) {
-        return Err(WebError::bad_request(
-            "The algorithm is an id such as sha256d or scrypt (letters, digits, - and _), or empty for idle.",
-        ));
-    }
-    let (urls, users, passwords) = (
-        f.all("pool_url"),
-        f.all("pool_user"),
-        f.all("pool_password"),
-    );
-    if urls.len() != users.len() || urls.len() != passwords.len() || urls.len() > MAX_POOLS {
-        return Err(WebError::bad_request("The pool rows are incomplete."));
-    }
-    let mut pools = Vec::new();
-    for (i, ((url, user), password)) in urls.iter().zip(&users).zip(&passwords).enumerate() {
-        let (url, user) = (url.trim(), user.trim());
-        match (url.is_empty(), user.is_empty()) {
-            (true, true) => continue,
-            (false, false) => {}
-            _ => {
-                return Err(WebError::bad_request(format!(
-                    "Pool {}: give both the URL and the user (wallet.worker).",
-                    i + 1
-                )))
-            }
-        }
-        if let Err(e) = url.parse::<rigfleet_proto::pool_url::PoolUrl>() {
-            return Err(WebError::bad_request(format!("Pool {}: {e}", i + 1)));
-        }
-        pools.push(PoolSpec {
-            url: url.to_string(),
-            user: user.to_string(),
-            password: password.to_string(),
-        });
-    }
-    let mut config = current.cloned().unwrap_or(DesiredConfig {
-        version: 0,
-        algorithm: String::new(),
-        pools: Vec::new(),
-        devices: Vec::new(),
-        telemetry_interval_secs: None,
-    });
-    config.algorithm = algorithm;
-    config.pools = pools;
-    // The same checks, and the same field names, as the REST API's.
-    crate::api::orders::check_config(&config, "")?;
-    Ok(config)
+/// The form as posted: `algorithm`, then `pool_url`, `pool_user` and `pool_password` once per
+/// row (repeated names, in order), and `confirm_password`.
+pub struct ConfigForm {
+    /// What to set.
+    pub mining: MiningChange,
+    /// The user's password, asked again.
+    pub confirm_password: String,
 }
 
-/// `POST /rigs/{rig}/config`.
+impl ConfigForm {
+    /// Reads the posted fields: rows left blank are the form's spare rows; a row with only
+    /// its URL or only its user is refused with its number. The config's own rules are the
+    /// operation's to check.
+    pub fn from_fields(fields: &[(String, String)]) -> Result<ConfigForm, WebError> {
+        let all = |name: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let first = |name: &str| {
+            all(name)
+                .first()
+                .map_or_else(String::new, |v| v.to_string())
+        };
+        let (urls, users, passwords) = (all("pool_url"), all("pool_user"), all("pool_password"));
+        if urls.len() != users.len() || urls.len() != passwords.len() || urls.len() > MAX_POOLS {
+            return Err(WebError::bad_request("The pool rows are incomplete."));
+        }
+        let mut pools = Vec::new();
+        for (i, ((url, user), password)) in urls.iter().zip(&users).zip(&passwords).enumerate() {
+            let (url, user) = (url.trim(), user.trim());
+            match (url.is_empty(), user.is_empty()) {
+                (true, true) => continue,
+                (false, false) => {}
+                _ => {
+                    return Err(WebError::bad_request(format!(
+                        "Pool {}: give both the URL and the user (wallet.worker).",
+                        i + 1
+                    )))
+                }
+            }
+            pools.push(PoolSpec {
+                url: url.to_string(),
+                user: user.to_string(),
+                password: password.to_string(),
+            });
+        }
+        Ok(ConfigForm {
+            mining: MiningChange {
+                algorithm: first("algorithm"),
+                pools,
+            },
+            confirm_password: first("confirm_password"),
+        })
+    }
+}
+
+/// `POST /rigs/{rig}/config`: where the rig's hashes (and so the money) go, so the password
+/// comes first.
 pub async fn rig_config(
     State(state): State<AppState>,
     Extension(shared): Extension<Arc<WebShared>>,
     user: WebUser,
     Path(uid): Path<String>,
-    body: Bytes,
+    WebForm(fields): WebForm<Vec<(String, String)>>,
 ) -> Response {
     respond(
         async {
-            user.require_write()?;
-            let f = Fields::parse(&body);
-            let row = find_rig(&state, &uid).await?;
-            let current = state.hub.store.desired_config(row.id).await?;
-            let mut config = config_from_form(current.as_ref().map(|d| &d.config), &f)?;
-            confirm_password(&state, &shared, &user, f.get("confirm_password")).await?;
-            if current
-                .as_ref()
-                .is_some_and(|d| d.content_hash == config.content_hash())
-            {
-                return Ok(Redirect::to(&rig_href(&row.rig_uid)).into_response());
-            }
-            config.version = row.desired_version + 1;
-            let (d, pushed) = state
-                .hub
-                .set_desired_config(
-                    row.id,
-                    &RigId(row.rig_uid.clone()),
-                    &config,
-                    Some(&user.actor()),
-                )
-                .await
-                .map_err(|e| WebError::from(order_failure(e)))?;
-            // Who pointed the rig where: the same audit entry as the REST API writes.
-            crate::api::audit::record_config_change(
-                &state,
-                &user.actor(),
-                &uid,
-                current.as_ref().map(|d| &d.config),
-                &d,
-                pushed,
-            )
-            .await;
-            Ok(Redirect::to(&rig_href(&row.rig_uid)).into_response())
+            let form = ConfigForm::from_fields(&fields)?;
+            confirm_password(&state, &shared, &user, &form.confirm_password).await?;
+            let actor = user.as_actor().reauthenticated();
+            configs::set_mining(&state, &actor, &uid, &form.mining).await?;
+            Ok(Redirect::to(&rig_href(&uid)).into_response())
         }
         .await,
     )
@@ -164,12 +136,15 @@ pub async fn rig_config(
 mod tests {
     use super::*;
 
-    fn form(pairs: &[(&str, &str)]) -> Fields {
+    fn form(pairs: &[(&str, &str)]) -> Result<ConfigForm, WebError> {
         let body: Vec<String> = pairs
             .iter()
-            .map(|(k, v)| format!("{k}={}", super::super::pages::urlencode(v)))
+            .map(|(k, v)| format!("{k}={}", super::super::common::urlencode(v)))
             .collect();
-        Fields::parse(body.join("&").as_bytes())
+        let fields: Vec<(String, String)> = form_urlencoded::parse(body.join("&").as_bytes())
+            .into_owned()
+            .collect();
+        ConfigForm::from_fields(&fields)
     }
 
     fn current() -> DesiredConfig {
@@ -180,7 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn pools_come_in_order_and_device_settings_are_kept() {
+    fn pools_come_in_order_and_spare_rows_are_skipped() {
         let f = form(&[
             ("algorithm", " Scrypt "),
             ("pool_url", "stratum+ssl://b:443"),
@@ -192,8 +167,11 @@ mod tests {
             ("pool_url", "stratum+tcp://c:3333"),
             ("pool_user", "wallet.backup"),
             ("pool_password", ""),
-        ]);
-        let c = config_from_form(Some(&current()), &f).unwrap();
+            ("confirm_password", "pw&=1"),
+        ])
+        .unwrap();
+        assert_eq!(f.confirm_password, "pw&=1");
+        let c = configs::apply_mining(Some(&current()), &f.mining).unwrap();
         assert_eq!(c.algorithm, "scrypt");
         let urls: Vec<&str> = c.pools.iter().map(|p| p.url.as_str()).collect();
         assert_eq!(urls, ["stratum+ssl://b:443", "stratum+tcp://c:3333"]);
@@ -204,16 +182,7 @@ mod tests {
 
     #[test]
     fn bad_rows_are_refused_with_the_row_number() {
-        let cases: [(&[(&str, &str)], &str); 5] = [
-            (
-                &[
-                    ("algorithm", "sha256d"),
-                    ("pool_url", "pool:3333"),
-                    ("pool_user", "w"),
-                    ("pool_password", ""),
-                ],
-                "Pool 1: \"pool:3333\" has no scheme",
-            ),
+        let cases: [(&[(&str, &str)], &str); 2] = [
             (
                 &[
                     ("algorithm", "sha256d"),
@@ -222,16 +191,6 @@ mod tests {
                     ("pool_password", ""),
                 ],
                 "Pool 1: give both",
-            ),
-            (&[("algorithm", "sha256d")], "at least one pool"),
-            (
-                &[
-                    ("algorithm", "sha<256>"),
-                    ("pool_url", "stratum+tcp://a:1"),
-                    ("pool_user", "w"),
-                    ("pool_password", ""),
-                ],
-                "algorithm is an id",
             ),
             (
                 &[
@@ -243,12 +202,14 @@ mod tests {
             ),
         ];
         for (pairs, needle) in cases {
-            let err = config_from_form(Some(&current()), &form(pairs)).unwrap_err();
+            let Err(err) = form(pairs) else {
+                panic!("{needle}: accepted");
+            };
             assert!(err.message.contains(needle), "{needle}: {}", err.message);
         }
         // No algorithm and no pools: idle.
-        let idle = config_from_form(Some(&current()), &form(&[("algorithm", "")])).unwrap();
-        assert!(idle.algorithm.is_empty() && idle.pools.is_empty());
+        let idle = form(&[("algorithm", "")]).unwrap();
+        assert!(idle.mining.algorithm.is_empty() && idle.mining.pools.is_empty());
     }
 
     #[test]
