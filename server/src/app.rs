@@ -31,7 +31,7 @@ pub struct AppState {
     /// `sha256:…` of the TLS certificate when serving TLS.
     pub tls_fingerprint: Option<String>,
     /// Attempts per address at `/api/agent/enroll`.
-    pub enroll_limiter: Arc<crate::enroll::EnrollLimiter>,
+    pub enroll_limiter: Arc<crate::auth::limits::EnrollLimiter>,
 }
 
 /// The router.
@@ -104,10 +104,5 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+// Old path of `auth::constant_time_eq`, kept while other code still names it.
+pub use crate::auth::constant_time_eq;

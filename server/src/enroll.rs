@@ -9,9 +9,7 @@
 //! refusals cost far more than enrollments, so guessing is slow while a farm behind one NAT
 //! still rolls out quickly.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, State};
@@ -29,109 +27,8 @@ use crate::hub::random_hex;
 /// Largest enrollment request body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// Attempts an address may make at once.
-pub const LIMIT_BURST: f64 = 60.0;
-/// Attempts per second an address gets back.
-pub const LIMIT_PER_SEC: f64 = 10.0;
-/// Refused attempts (bad token, wrong secret, bad request…) an address may make at once.
-pub const FAILURE_BURST: f64 = 10.0;
-/// Refused attempts per second an address gets back (one per 5 s).
-pub const FAILURES_PER_SEC: f64 = 0.2;
-/// Addresses tracked before idle ones are forgotten.
-const MAX_TRACKED: usize = 10_000;
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    attempts: f64,
-    failures: f64,
-    at: Instant,
-}
-
-/// Per-address limits for `/api/agent/enroll` (IPv6 addresses by their /64, which one host
-/// usually holds whole): a bucket of attempts, so a farm behind one NAT rolls out quickly, and
-/// a much smaller one of refusals, so guessing tokens or flooding with garbage is slow.
-pub struct EnrollLimiter {
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-    limits: [(f64, f64); 2],
-}
-
-impl Default for EnrollLimiter {
-    fn default() -> Self {
-        Self::new(
-            (LIMIT_BURST, LIMIT_PER_SEC),
-            (FAILURE_BURST, FAILURES_PER_SEC),
-        )
-    }
-}
-
-impl EnrollLimiter {
-    /// A limiter with `(burst, per second)` of attempts and of refusals.
-    pub fn new(attempts: (f64, f64), failures: (f64, f64)) -> Self {
-        EnrollLimiter {
-            buckets: Mutex::new(HashMap::new()),
-            limits: [attempts, failures],
-        }
-    }
-
-    fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => {
-                    let s = v6.segments();
-                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-                }
-            },
-            v4 => v4,
-        }
-    }
-
-    /// `ip`'s bucket refilled to `now`.
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let secs = now.saturating_duration_since(b.at).as_secs_f64();
-        let [(a_burst, a_rate), (f_burst, f_rate)] = self.limits;
-        b.attempts = (b.attempts + secs * a_rate).min(a_burst);
-        b.failures = (b.failures + secs * f_rate).min(f_burst);
-        b.at = now;
-    }
-
-    /// Takes one attempt for `ip` at `now`; `Err(seconds to wait)` when either bucket is empty.
-    pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TRACKED {
-            let [(a_burst, _), (f_burst, _)] = self.limits;
-            map.retain(|_, b| {
-                let mut b = *b;
-                self.refill(&mut b, now);
-                b.attempts < a_burst || b.failures < f_burst
-            });
-        }
-        let [(a_burst, a_rate), (f_burst, f_rate)] = self.limits;
-        let b = map.entry(Self::key(ip)).or_insert(Bucket {
-            attempts: a_burst,
-            failures: f_burst,
-            at: now,
-        });
-        self.refill(b, now);
-        let wait = |have: f64, rate: f64| ((1.0 - have) / rate).ceil().max(1.0) as u64;
-        if b.failures < 1.0 {
-            return Err(wait(b.failures, f_rate));
-        }
-        if b.attempts < 1.0 {
-            return Err(wait(b.attempts, a_rate));
-        }
-        b.attempts -= 1.0;
-        Ok(())
-    }
-
-    /// Counts a refused attempt of `ip`.
-    pub fn refused(&self, ip: IpAddr) {
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = map.get_mut(&Self::key(ip)) {
-            b.failures -= 1.0;
-        }
-    }
-}
+// Old path of the limiter, kept while the app state still names it here.
+pub use crate::auth::limits::EnrollLimiter;
 
 /// A public key an agent may register: a valid Ed25519 point that is not of small order (such
 /// a key verifies forged signatures).
@@ -315,7 +212,6 @@ pub async fn enroll(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn weak_and_invalid_keys_are_refused() {
@@ -336,28 +232,5 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(check_agent_key(&hex), Ok(()));
-    }
-
-    #[test]
-    fn the_limiter_slows_one_address_and_not_another() {
-        let l = EnrollLimiter::new((5.0, 1.0), (2.0, 0.1));
-        let t0 = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..5 {
-            assert!(l.take(a, t0).is_ok());
-        }
-        assert_eq!(l.take(a, t0), Err(1));
-        assert!(l.take(b, t0).is_ok(), "another address has its own bucket");
-        assert!(l.take(a, t0 + Duration::from_secs(1)).is_ok());
-        // Refusals have a bucket of their own, much slower to refill.
-        l.refused(b);
-        l.refused(b);
-        assert_eq!(l.take(b, t0), Err(10));
-        assert!(l.take(b, t0 + Duration::from_secs(10)).is_ok());
-        // IPv6 addresses of one /64 share a bucket.
-        let l = EnrollLimiter::new((1.0, 1.0), (1.0, 1.0));
-        assert!(l.take("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(l.take("2001:db8::2".parse().unwrap(), t0).is_err());
     }
 }

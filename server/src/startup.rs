@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
 use tokio::sync::watch;
 
 use crate::app::AppState;
@@ -219,7 +218,7 @@ pub async fn create_api_token(
         .user_by_name("admin")
         .await?
         .ok_or(StoreError::NotFound)?;
-    let (text, hash) = crate::api::auth::new_api_token();
+    let (text, hash) = crate::auth::token::new_api_token();
     store
         .create_api_token(admin.id, name, &hash, &[scope])
         .await?;
@@ -237,15 +236,10 @@ async fn ensure_admin(store: &Store) -> Result<Option<(String, String)>, StartEr
     Ok(Some(("admin".to_string(), password)))
 }
 
-/// argon2id hash in PHC format.
+/// argon2id hash in PHC format ([`crate::auth::password::hash_password`], for the CLI, the demo
+/// and tests).
 pub fn hash_password(password: &str) -> Result<String, StartError> {
-    let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(|e| StartError::Other(e.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| StartError::Other(e.to_string()))?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| StartError::Other(e.to_string()))
+    crate::auth::password::hash_password(password).map_err(|e| StartError::Other(e.to_string()))
 }
 
 /// Why a folder holding keys and the database is open to others, if it is: it is readable,

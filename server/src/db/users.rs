@@ -33,6 +33,24 @@ pub enum TotpAttempt {
     },
 }
 
+/// A user as a list shows it (no password hash, no secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSummary {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Has a second factor.
+    pub totp: bool,
+}
+
+/// The setting that holds a user's recovery codes (salted hashes, comma-separated).
+fn recovery_key(user_id: i64) -> String {
+    format!("web.totp_recovery.{user_id}")
+}
+
 /// What a TOTP secret is sealed for: its own user, so a sealed value copied to another user's
 /// row does not open.
 fn totp_purpose(user_id: i64) -> String {
@@ -286,6 +304,106 @@ impl Store {
         dispatch!(self, p => { sqlx::query("DELETE FROM login_failures WHERE name = $1 AND address = $2")
             .bind(name).bind(address).execute(p).await?; });
         Ok(())
+    }
+
+    /// Every user, by name.
+    pub async fn list_users(&self) -> Result<Vec<UserSummary>, StoreError> {
+        dispatch!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id, username, role, totp_secret FROM users ORDER BY username",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let role = r.text("role")?;
+                    Ok(UserSummary {
+                        id: r.i64("id")?,
+                        username: r.text("username")?,
+                        role: Role::parse(&role)
+                            .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+                        totp: r.opt_text("totp_secret")?.is_some(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Changes a user's role.
+    pub async fn set_user_role(&self, user_id: i64, role: Role) -> Result<(), StoreError> {
+        let n = dispatch!(self, p => sqlx::query("UPDATE users SET role = $2 WHERE id = $1")
+            .bind(user_id).bind(role.as_str()).execute(p).await?.rows_affected());
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Removes a user, their sessions and API tokens.
+    pub async fn delete_user(&self, user_id: i64) -> Result<(), StoreError> {
+        dispatch!(self, p => {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(p).await?;
+            sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(p).await?;
+            let n = sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(p).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+        });
+        self.delete_setting(&recovery_key(user_id)).await?;
+        Ok(())
+    }
+
+    /// Ends every session of a user (after an admin changed their password or role); returns
+    /// how many ended.
+    pub async fn delete_sessions_of(&self, user_id: i64) -> Result<u64, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(user_id).execute(p).await?.rows_affected()))
+    }
+
+    /// How many admins exist.
+    pub async fn admin_count(&self) -> Result<i64, StoreError> {
+        dispatch!(self, p => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+            .fetch_one(p).await?))
+    }
+
+    /// Stores the hashes of a user's recovery codes, replacing older ones (none: removes them).
+    pub async fn set_recovery_codes(
+        &self,
+        user_id: i64,
+        hashes: &[String],
+    ) -> Result<(), StoreError> {
+        self.set_setting(&recovery_key(user_id), &hashes.join(","))
+            .await
+    }
+
+    /// Uses one of a user's recovery codes: the first stored hash `matches` accepts is removed,
+    /// and true returned. Removed by compare and set, so two logins racing with one code (on
+    /// one server or two) cannot both use it.
+    pub async fn use_recovery_code(
+        &self,
+        user_id: i64,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<bool, StoreError> {
+        let key = recovery_key(user_id);
+        for _ in 0..5 {
+            let Some(stored) = self.get_setting(&key).await? else {
+                return Ok(false);
+            };
+            let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
+            let Some(used) = hashes.iter().position(|h| matches(h)) else {
+                return Ok(false);
+            };
+            let left: Vec<&str> = hashes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != used)
+                .map(|(_, h)| *h)
+                .collect();
+            if self.replace_setting(&key, &stored, &left.join(",")).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Ends every session of a user but `keep_id_sha256_hex` (after they changed their own
@@ -695,6 +813,67 @@ mod tests {
                     .as_deref(),
                 Some("GEZDGNBV")
             );
+            db.cleanup().await;
+        }
+    }
+
+    /// A recovery code works once, even when several logins race with it; the others stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_recovery_code_works_once_under_a_race() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let id = s.create_user("rex", "h", Role::Viewer).await.unwrap();
+            let codes = ["c0", "c1", "c2"];
+            let hashes: Vec<String> = codes.iter().map(|c| format!("h-{c}")).collect();
+            s.set_recovery_codes(id, &hashes).await.unwrap();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let s = s.clone();
+                    tokio::spawn(
+                        async move { s.use_recovery_code(id, |h| h == "h-c1").await.unwrap() },
+                    )
+                })
+                .collect();
+            let mut used = 0;
+            for t in tasks {
+                used += usize::from(t.await.unwrap());
+            }
+            assert_eq!(used, 1);
+            assert!(!s.use_recovery_code(id, |h| h == "h-c1").await.unwrap());
+            assert!(s.use_recovery_code(id, |h| h == "h-c0").await.unwrap());
+            assert!(s.use_recovery_code(id, |h| h == "h-c2").await.unwrap());
+            assert!(!s.use_recovery_code(id, |_| true).await.unwrap());
+            db.cleanup().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn users_list_change_role_and_go() {
+        for db in test_backends().await {
+            let s = &db.store;
+            let a = s.create_user("ann", "h", Role::Admin).await.unwrap();
+            let b = s.create_user("bob", "h", Role::Viewer).await.unwrap();
+            s.create_session("sess-b", b, "csrf", 1, i64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(s.admin_count().await.unwrap(), 1);
+            s.set_user_role(b, Role::Admin).await.unwrap();
+            assert_eq!(s.admin_count().await.unwrap(), 2);
+            let list = s.list_users().await.unwrap();
+            assert_eq!(
+                list.iter().map(|u| (u.id, u.role)).collect::<Vec<_>>(),
+                vec![(a, Role::Admin), (b, Role::Admin)]
+            );
+            assert_eq!(s.delete_sessions_of(b).await.unwrap(), 1);
+            s.set_recovery_codes(b, &["x".into()]).await.unwrap();
+            s.delete_user(b).await.unwrap();
+            assert!(s.user_by_id(b).await.unwrap().is_none());
+            assert!(!s.use_recovery_code(b, |_| true).await.unwrap());
+            assert!(matches!(s.delete_user(b).await, Err(StoreError::NotFound)));
+            assert!(matches!(
+                s.set_user_role(b, Role::Viewer).await,
+                Err(StoreError::NotFound)
+            ));
             db.cleanup().await;
         }
     }

@@ -1,159 +1,160 @@
-//! The few user-management queries the store does not offer yet (listing, role changes,
-//! removal), and TOTP recovery codes kept as hashes in the settings table.
-// These belong in `db/users.rs`; they live here until its owner takes them over.
+//! The admins' users page: list, create, role, password, removal, over
+//! [`crate::fleet::users`].
 
-use crate::db::row::RowExt;
-use crate::db::{dispatch, Role, Store, StoreError};
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
 
-/// A user as the admin page lists it.
-#[derive(Clone, Debug)]
-pub struct UserEntry {
-    /// Id.
-    pub id: i64,
-    /// Name.
-    pub username: String,
-    /// Role.
-    pub role: Role,
-    /// Has a second factor.
-    pub totp: bool,
+use super::session::WebUser;
+use super::{render, respond, Fields, Nav, WebError};
+use crate::app::AppState;
+use crate::fleet::{users, FleetError};
+
+struct UserRow {
+    id: i64,
+    username: String,
+    role: &'static str,
+    totp: bool,
+    me: bool,
 }
 
-/// Every user, by name.
-pub async fn list_users(store: &Store) -> Result<Vec<UserEntry>, StoreError> {
-    dispatch!(store, p => {
-        let rows = sqlx::query(
-            "SELECT id, username, role, totp_secret FROM users ORDER BY username",
-        )
-        .fetch_all(p)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let role = r.text("role")?;
-                Ok(UserEntry {
-                    id: r.i64("id")?,
-                    username: r.text("username")?,
-                    role: Role::parse(&role)
-                        .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
-                    totp: r.opt_text("totp_secret")?.is_some(),
-                })
+#[derive(Template)]
+#[template(path = "users.html")]
+struct UsersPage {
+    nav: Option<Nav>,
+    csrf: String,
+    users: Vec<UserRow>,
+    message: Option<String>,
+    error: Option<String>,
+}
+
+async fn users_view(
+    state: &AppState,
+    user: &WebUser,
+    message: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Result<Response, WebError> {
+    let list = users::list(state, &user.as_actor()).await?;
+    let page = UsersPage {
+        nav: Some(Nav::new(user, "users")),
+        csrf: user.csrf.clone(),
+        users: list
+            .into_iter()
+            .map(|u| UserRow {
+                me: u.id == user.user_id,
+                id: u.id,
+                username: u.username,
+                role: u.role.as_str(),
+                totp: u.totp,
             })
-            .collect()
-    })
+            .collect(),
+        message,
+        error,
+    };
+    let mut res = render(&page)?;
+    *res.status_mut() = status;
+    Ok(res)
 }
 
-/// Changes a user's role.
-pub async fn set_role(store: &Store, user_id: i64, role: Role) -> Result<(), StoreError> {
-    let n = dispatch!(store, p => sqlx::query("UPDATE users SET role = $2 WHERE id = $1")
-        .bind(user_id).bind(role.as_str()).execute(p).await?.rows_affected());
-    if n == 0 {
-        return Err(StoreError::NotFound);
+/// Answers a change: the page with `done` on success; the page with the reason when the input
+/// was wrong (400) or clashed (409); the error page otherwise (refused, not found, outage).
+async fn answer<T>(
+    state: &AppState,
+    user: &WebUser,
+    result: Result<T, FleetError>,
+    done: impl FnOnce(T) -> String,
+) -> Result<Response, WebError> {
+    let (error, status) = match result {
+        Ok(v) => return users_view(state, user, Some(done(v)), None, StatusCode::OK).await,
+        Err(FleetError::Invalid { fields, .. }) => (
+            fields.into_values().collect::<Vec<_>>().join(" "),
+            StatusCode::BAD_REQUEST,
+        ),
+        Err(FleetError::BadRequest(m)) => (m, StatusCode::BAD_REQUEST),
+        Err(FleetError::Conflict(m)) => (m, StatusCode::CONFLICT),
+        Err(other) => return Err(other.into()),
+    };
+    users_view(state, user, None, Some(error), status).await
+}
+
+/// `GET /users` (admins).
+pub async fn users_page(State(state): State<AppState>, user: WebUser) -> Response {
+    respond(users_view(&state, &user, None, None, StatusCode::OK).await)
+}
+
+/// `POST /users`: a new user.
+pub async fn user_create(State(state): State<AppState>, user: WebUser, body: Bytes) -> Response {
+    let f = Fields::parse(&body);
+    let name = f.get("username").trim();
+    let created = users::create(
+        &state,
+        &user.as_actor(),
+        name,
+        f.get("password"),
+        f.get("role"),
+    )
+    .await;
+    respond(answer(&state, &user, created, |_| format!("User {name} created.")).await)
+}
+
+/// `POST /users/{id}/role`.
+pub async fn user_role(
+    State(state): State<AppState>,
+    user: WebUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    match users::set_role(&state, &user.as_actor(), id, f.get("role")).await {
+        // Their own sessions ended with the role: this one too.
+        Ok(changed) if changed.own => Redirect::to("/login").into_response(),
+        result => respond(
+            answer(&state, &user, result, |c| {
+                format!("{} is now {}.", c.username, c.role.as_str())
+            })
+            .await,
+        ),
     }
-    Ok(())
 }
 
-/// Removes a user (their sessions and API tokens go with them).
-pub async fn delete_user(store: &Store, user_id: i64) -> Result<(), StoreError> {
-    dispatch!(store, p => {
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(p).await?;
-        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(user_id).execute(p).await?;
-        let n = sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(p).await?.rows_affected();
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
-    });
-    Ok(())
+/// `POST /users/{id}/password`: an admin sets a new password (the user's sessions end).
+pub async fn user_password(
+    State(state): State<AppState>,
+    user: WebUser,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    let set = users::set_password(
+        &state,
+        &user.as_actor(),
+        id,
+        f.get("password"),
+        Some(&user.session_hash),
+    )
+    .await;
+    respond(
+        answer(&state, &user, set, |name| {
+            format!("Password of {name} set.")
+        })
+        .await,
+    )
 }
 
-/// Ends every session of a user (after a password change or role change).
-pub async fn delete_sessions_of(store: &Store, user_id: i64) -> Result<(), StoreError> {
-    dispatch!(store, p => {
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(p).await?;
-    });
-    Ok(())
-}
-
-/// How many admins exist.
-pub async fn admin_count(store: &Store) -> Result<i64, StoreError> {
-    dispatch!(store, p => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
-        .fetch_one(p).await?))
-}
-
-fn recovery_key(user_id: i64) -> String {
-    format!("web.totp_recovery.{user_id}")
-}
-
-/// Stores the hashes of a user's recovery codes (replacing older ones).
-pub async fn set_recovery(
-    store: &Store,
-    user_id: i64,
-    hashes: &[String],
-) -> Result<(), StoreError> {
-    store
-        .set_setting(&recovery_key(user_id), &hashes.join(","))
-        .await
-}
-
-/// Uses a recovery code once: true when it matched (it is then gone). Stored codes are salted
-/// hashes ([`super::totp::hash_recovery`]); the unsalted ones of older versions still match.
-/// The code is removed by compare and set, so two logins racing with one code (on one server
-/// or two) cannot both use it.
-pub async fn use_recovery(store: &Store, user_id: i64, code: &str) -> Result<bool, StoreError> {
-    let key = recovery_key(user_id);
-    for _ in 0..5 {
-        let Some(stored) = store.get_setting(&key).await? else {
-            return Ok(false);
-        };
-        let hashes: Vec<&str> = stored.split(',').filter(|h| !h.is_empty()).collect();
-        let Some(used) = hashes
-            .iter()
-            .position(|h| super::totp::recovery_matches(h, code))
-        else {
-            return Ok(false);
-        };
-        let left: Vec<&str> = hashes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != used)
-            .map(|(_, h)| *h)
-            .collect();
-        if store
-            .replace_setting(&key, &stored, &left.join(","))
-            .await?
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A recovery code works once, even when several logins race with it; the others stay.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_recovery_code_works_once_under_a_race() {
-        for db in crate::db::test_db::test_backends().await {
-            let s = &db.store;
-            let id = s.create_user("rex", "h", Role::Viewer).await.unwrap();
-            let (codes, hashes) = super::super::totp::recovery_codes(3).unwrap();
-            set_recovery(s, id, &hashes).await.unwrap();
-            let tasks: Vec<_> = (0..8)
-                .map(|_| {
-                    let (s, code) = (s.clone(), codes[1].clone());
-                    tokio::spawn(async move { use_recovery(&s, id, &code).await.unwrap() })
-                })
-                .collect();
-            let mut used = 0;
-            for t in tasks {
-                used += usize::from(t.await.unwrap());
-            }
-            assert_eq!(used, 1);
-            assert!(!use_recovery(s, id, &codes[1]).await.unwrap());
-            assert!(use_recovery(s, id, &codes[0]).await.unwrap());
-            assert!(use_recovery(s, id, &codes[2]).await.unwrap());
-            assert!(!use_recovery(s, id, "aaaa-bbbb-cccc-dddd").await.unwrap());
-            db.cleanup().await;
-        }
-    }
+/// `POST /users/{id}/delete`.
+pub async fn user_delete(
+    State(state): State<AppState>,
+    user: WebUser,
+    Path(id): Path<i64>,
+) -> Response {
+    let removed = users::delete(&state, &user.as_actor(), id).await;
+    respond(
+        answer(&state, &user, removed, |name| {
+            format!("User {name} removed.")
+        })
+        .await,
+    )
 }

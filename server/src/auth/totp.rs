@@ -185,9 +185,9 @@ pub fn recovery_matches(stored: &str, code: &str) -> bool {
                 salted_hash(&salt, &normalized)
             )
         }
-        None => super::session::sha256_hex(&normalized),
+        None => super::sha256_hex(&normalized),
     };
-    crate::app::constant_time_eq(computed.as_bytes(), stored.as_bytes())
+    super::constant_time_eq(computed.as_bytes(), stored.as_bytes())
 }
 
 fn base16(s: &str) -> Option<Vec<u8>> {
@@ -270,7 +270,7 @@ mod tests {
             assert!(h.starts_with("s1$"), "{h}");
             assert!(!h.contains(&normalize_recovery(c)));
             // The unsalted SHA-256 of the code is not what is stored.
-            assert!(!h.contains(&super::super::session::sha256_hex(&normalize_recovery(c))));
+            assert!(!h.contains(&super::super::sha256_hex(&normalize_recovery(c))));
             assert!(recovery_matches(h, c));
             assert!(recovery_matches(
                 h,
@@ -281,7 +281,7 @@ mod tests {
         // The same code hashed twice differs (salt).
         assert_ne!(hash_recovery(&codes[0]), hash_recovery(&codes[0]));
         // Codes from before (10 hex digits, unsalted SHA-256) still work.
-        let legacy = super::super::session::sha256_hex("0a1b2c3d4e");
+        let legacy = super::super::sha256_hex("0a1b2c3d4e");
         assert!(looks_like_recovery("0A1B2C3D4E"));
         assert!(recovery_matches(&legacy, "0A1B2C3D4E"));
         assert!(!recovery_matches(&legacy, "0a1b2c3d4f"));
