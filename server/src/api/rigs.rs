@@ -11,9 +11,6 @@ use crate::app::AppState;
 use crate::fleet::rigs::{self as fleet_rigs, HistoryQuery, HistoryView, RigDetail, RigList};
 use crate::fleet::rigs::{RigPatch, RigQuery};
 
-// Kept at their old paths for handlers of other modules that still import them from here.
-pub use crate::fleet::rigs::{find_rig, DeviceView};
-
 /// List rigs.
 #[utoipa::path(get, path = "/api/v1/rigs", params(RigQuery), responses((status = 200, body = RigList)), tag = "rigs")]
 pub async fn list(
@@ -81,24 +78,4 @@ pub async fn history(
     Ok(Json(
         fleet_rigs::history(&state, &caller.who, &uid, &q).await?,
     ))
-}
-
-/// The detail as a caller with `scope` may see it. Kept for handlers of other modules that
-/// have not moved to [`crate::fleet::rigs::detail`] yet.
-pub async fn rig_detail(
-    state: &AppState,
-    uid: &str,
-    scope: crate::db::Scope,
-) -> Result<RigDetail, ApiFailure> {
-    let reader = crate::fleet::Actor::token("api", scope);
-    Ok(fleet_rigs::detail(state, &reader, uid).await?)
-}
-
-/// Writes an audit record; a failure is logged, not returned (the change itself happened).
-pub async fn audit(state: &AppState, caller: &Caller, action: &str, target: &str, detail: &str) {
-    state
-        .hub
-        .store
-        .audit(&caller.actor, action, target, detail)
-        .await;
 }
