@@ -29,11 +29,10 @@ pub fn permission(command: &Command) -> Permission {
     }
 }
 
-/// Whether a command is as dangerous as redirecting a rig's wallet, and so needs the same
-/// protection ([`Actor::require_fresh`]): a shell command can do anything on the rig, a reboot
-/// stops it. The dashboard asks for the password when this is true.
+/// Whether the command needs [`Actor::require_fresh`] (a shell command, a reboot): the
+/// dashboard asks for the password when this is true.
 pub fn needs_password(command: &Command) -> bool {
-    matches!(command, Command::Shell { .. } | Command::Reboot)
+    super::access::command_needs_reauth(command)
 }
 
 /// The command's kind as the API names it (`reboot`, `restart_mining`…).
