@@ -11,6 +11,7 @@ use axum::Router;
 use rigfleet_proto::enroll::{AGENT_WS_PATH, ENROLL_PATH};
 use rigfleet_proto::limits::MAX_FRAME_BYTES;
 
+use crate::auth::constant_time_eq;
 use crate::fleet::StatusJudge;
 use crate::hub::Hub;
 
@@ -103,6 +104,3 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
     }
 }
-
-// Old path of `auth::constant_time_eq`, kept while other code still names it.
-pub use crate::auth::constant_time_eq;

@@ -5,7 +5,8 @@
 //!
 //! A token's `max_uses` counts rigs (a request for more rigs than it has uses left is refused
 //! whole), weak Ed25519 public keys (small-order points such as all zeros, which any signature
-//! could match) are refused, and each address gets a bucket of attempts ([`EnrollLimiter`]):
+//! could match) are refused, and each address gets a bucket of attempts
+//! ([`EnrollLimiter`](crate::auth::limits::EnrollLimiter)):
 //! refusals cost far more than enrollments, so guessing is slow while a farm behind one NAT
 //! still rolls out quickly.
 
@@ -26,9 +27,6 @@ use crate::hub::random_hex;
 
 /// Largest enrollment request body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-// Old path of the limiter, kept while the app state still names it here.
-pub use crate::auth::limits::EnrollLimiter;
 
 /// A public key an agent may register: a valid Ed25519 point that is not of small order (such
 /// a key verifies forged signatures).

@@ -10,10 +10,6 @@ use crate::auth::resolve::{self, AuthError};
 use crate::auth::token::rank;
 use crate::db::Scope;
 
-// Old paths, kept while routes still import them from here.
-pub use crate::auth::token::{hash_token, new_api_token, API_TOKEN_PREFIX};
-pub use crate::fleet::access::{command_needs_reauth, may_see_wallets};
-
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {

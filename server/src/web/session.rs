@@ -13,7 +13,8 @@ use super::WebError;
 use crate::app::AppState;
 use crate::auth::session::{self, Session, CSRF_FIELD, LOGIN_CSRF_COOKIE};
 use crate::auth::{csrf_matches, origin};
-use crate::db::{Role, Scope};
+use crate::db::Role;
+use crate::fleet::{Permission, Permissions};
 
 // Old paths, kept while pages still import them from here.
 pub use crate::auth::origin::origin_absent_or_ours;
@@ -46,49 +47,19 @@ impl From<Session> for WebUser {
 }
 
 impl WebUser {
-    /// The API scope the role maps to.
-    pub fn scope(&self) -> Scope {
-        crate::auth::token::role_scope(self.role)
-    }
-
-    /// May change the fleet (commands, renames, bulk actions).
+    /// May change the fleet (commands, renames, bulk actions): pages show the forms.
     pub fn can_write(&self) -> bool {
-        matches!(self.role, Role::Admin | Role::Operator)
+        Permissions::of_role(self.role).has(Permission::Operate)
     }
 
-    /// May manage users, tokens and remove rigs.
+    /// May manage users, tokens and remove rigs: pages show the admin links.
     pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
+        Permissions::of_role(self.role).has(Permission::ManageUsers)
     }
 
     /// The fleet's view of this user.
     pub fn as_actor(&self) -> crate::fleet::Actor {
         crate::fleet::Actor::user(self.user_id, &self.username, self.role)
-    }
-
-    /// For the audit log.
-    pub fn actor(&self) -> String {
-        format!("user:{}", self.username)
-    }
-
-    /// Refuses unless the operator may change the fleet.
-    pub fn require_write(&self) -> Result<(), WebError> {
-        if self.can_write() {
-            Ok(())
-        } else {
-            Err(WebError::forbidden(
-                "your role (viewer) may not change the fleet",
-            ))
-        }
-    }
-
-    /// Refuses unless the operator is an admin.
-    pub fn require_admin(&self) -> Result<(), WebError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(WebError::forbidden("this needs the admin role"))
-        }
     }
 }
 
