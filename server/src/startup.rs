@@ -67,6 +67,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     maintenance: tokio::task::JoinHandle<()>,
+    rollout_driver: tokio::task::JoinHandle<()>,
 }
 
 /// Starts a server with `config`.
@@ -167,6 +168,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         tls_fingerprint: tls_fingerprint.clone(),
         enroll_limiter: Arc::default(),
     };
+    let rollout_driver = crate::fleet::rollouts::spawn_driver(state.clone());
     let app = crate::app::router(state);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let server = tokio::spawn(crate::serve::serve(
@@ -186,6 +188,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         shutdown,
         server,
         maintenance,
+        rollout_driver,
     })
 }
 
@@ -196,6 +199,7 @@ impl RunningServer {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.hub.disconnect_all("server shutting down");
         self.maintenance.abort();
+        self.rollout_driver.abort();
         // Links finish their in-flight batches against the writer before it closes.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.hub.writer.clone().shutdown().await;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod orders;
 pub mod profiles;
 pub mod rigs;
+pub mod rollouts;
 pub mod tokens;
 
 use axum::routing::get;
@@ -30,10 +31,11 @@ use crate::app::AppState;
         profiles::list, profiles::put, profiles::remove,
         coins::list, coins::put, coins::remove,
         audit::list,
+        rollouts::create, rollouts::list, rollouts::detail, rollouts::halt, rollouts::resume, rollouts::rollback,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth, &ErrorResponses),
-    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"), (name = "audit"))
+    tags((name = "rigs"), (name = "config"), (name = "commands"), (name = "events"), (name = "enrollment"), (name = "profiles"), (name = "coins"), (name = "audit"), (name = "rollouts"))
 )]
 pub struct ApiDoc;
 
@@ -130,6 +132,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/coins/{algorithm}"),
     ("delete", "/api/v1/coins/{algorithm}"),
     ("get", "/api/v1/audit"),
+    ("post", "/api/v1/rollouts"),
+    ("get", "/api/v1/rollouts"),
+    ("get", "/api/v1/rollouts/{id}"),
+    ("post", "/api/v1/rollouts/{id}/halt"),
+    ("post", "/api/v1/rollouts/{id}/resume"),
+    ("post", "/api/v1/rollouts/{id}/rollback"),
 ];
 
 /// The `/api/v1` router.
@@ -174,6 +182,23 @@ pub fn router() -> Router<AppState> {
             axum::routing::put(coins::put).delete(coins::remove),
         )
         .route("/api/v1/audit", get(audit::list))
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::detail))
+        .route(
+            "/api/v1/rollouts/{id}/halt",
+            axum::routing::post(rollouts::halt),
+        )
+        .route(
+            "/api/v1/rollouts/{id}/resume",
+            axum::routing::post(rollouts::resume),
+        )
+        .route(
+            "/api/v1/rollouts/{id}/rollback",
+            axum::routing::post(rollouts::rollback),
+        )
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1", axum::routing::any(error::unknown_route))
         .route("/api/v1/", axum::routing::any(error::unknown_route))

@@ -33,6 +33,10 @@ impl Store {
 
     /// A stored config with its pool passwords opened (plain ones from before sealing as
     /// they are).
+    pub(super) fn open_config_json(&self, json: &str) -> Result<DesiredConfig, StoreError> {
+        self.open_config(json)
+    }
+
     fn open_config(&self, json: &str) -> Result<DesiredConfig, StoreError> {
         let mut config = parse_config(json)?;
         for pool in &mut config.pools {

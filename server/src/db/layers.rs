@@ -67,6 +67,8 @@ pub struct RigLayers {
     /// Algorithms some device of the rig lists.
     pub algorithms: Vec<String>,
     pub desired_version: u64,
+    /// Content hash of the current desired config, if any.
+    pub desired_hash: Option<String>,
 }
 
 /// Everything needed to build the configs of some rigs.
@@ -133,10 +135,21 @@ impl Store {
                     device_ids: Vec::new(),
                     algorithms: Vec::new(),
                     desired_version: to_u64(r.i64("desired_version")?, "desired_version")?,
+                    desired_hash: None,
                 });
             }
             let index: HashMap<i64, usize> =
                 snap.rigs.iter().enumerate().map(|(i, r)| (r.rig_id, i)).collect();
+            let hashes = sqlx::query(
+                "SELECT d.rig_id, d.content_hash FROM desired_configs d
+                 JOIN rigs r ON r.id = d.rig_id AND d.version = r.desired_version",
+            )
+            .fetch_all(p).await?;
+            for h in &hashes {
+                if let Some(&i) = index.get(&h.i64("rig_id")?) {
+                    snap.rigs[i].desired_hash = Some(h.text("content_hash")?);
+                }
+            }
             let devices = sqlx::query("SELECT rig_id, device_uid, algorithms FROM devices ORDER BY rig_id, slot")
                 .fetch_all(p).await?;
             for d in &devices {
@@ -320,6 +333,20 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Sets a rig's own profile (None: its group's applies).
+    pub async fn set_rig_profile(
+        &self,
+        rig_id: i64,
+        profile_id: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let n = dispatch!(self, p => sqlx::query("UPDATE rigs SET profile_id = $2 WHERE id = $1")
+            .bind(rig_id).bind(profile_id).execute(p).await?.rows_affected());
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     /// Replaces a rig's overrides layer.

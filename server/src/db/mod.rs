@@ -34,7 +34,7 @@ pub use rollouts::{LayerEdits, NewRollout, RolloutRigRow, RolloutRow};
 pub use rollup::{prune, run_rollups, PruneStats, Retention, RollupStats};
 pub use tokens::TokenUseError;
 pub use types::*;
-pub use users::TotpAttempt;
+pub use users::{TotpAttempt, UserSummary};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -33,6 +33,24 @@ impl LayerEdits {
     }
 }
 
+/// What a rollout's layer edits replaced, as stored.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Undo {
+    profiles: Vec<(i64, String)>,
+    groups: Vec<UndoGroup>,
+    rig_profiles: Vec<(i64, Option<i64>)>,
+    rig_overrides: Vec<(i64, String)>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct UndoGroup {
+    name: String,
+    profile_id: Option<i64>,
+    overrides_json: String,
+    description: String,
+    algorithm_profiles: Vec<(String, i64)>,
+}
+
 /// A rollout's header as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutRow {
@@ -76,7 +94,6 @@ pub struct NewRollout<'a> {
     pub target_json: &'a str,
     pub action_json: &'a str,
     pub stage_json: Option<&'a str>,
-    pub undo_json: &'a str,
     pub summary: &'a str,
     pub created_by: &'a str,
     pub now_ms: i64,
@@ -107,7 +124,8 @@ const ROLLOUT_COLS: &str =
 
 impl Store {
     /// Makes the layer edits and records the rollout with its rigs (state `waiting`), in one
-    /// transaction. Returns the rollout's id.
+    /// transaction; what the edits replaced is kept with the rollout, as stored (pool passwords
+    /// sealed), for [`Store::undo_rollout_layers`]. Returns the rollout's id.
     pub async fn commit_rollout(
         &self,
         edits: &LayerEdits,
@@ -130,6 +148,38 @@ impl Store {
             .collect::<Result<_, StoreError>>()?;
         dispatch!(self, p => {
             let mut tx = p.begin_with(p.write_begin()).await?;
+            let mut undo = Undo::default();
+            for (id, _) in &profiles {
+                let json: Option<String> = sqlx::query_scalar("SELECT config_json FROM profiles WHERE id = $1")
+                    .bind(id).fetch_optional(&mut *tx).await?;
+                undo.profiles.push((*id, json.ok_or(StoreError::NotFound)?));
+            }
+            for (g, _) in &groups {
+                let row = sqlx::query("SELECT profile_id, overrides_json, description FROM groups WHERE name = $1")
+                    .bind(&g.name).fetch_optional(&mut *tx).await?.ok_or(StoreError::NotFound)?;
+                let algos: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT algorithm, profile_id FROM group_algorithm_profiles WHERE group_name = $1")
+                    .bind(&g.name).fetch_all(&mut *tx).await?;
+                undo.groups.push(UndoGroup {
+                    name: g.name.clone(),
+                    profile_id: row.opt_i64("profile_id")?,
+                    overrides_json: row.text("overrides_json")?,
+                    description: row.text("description")?,
+                    algorithm_profiles: algos,
+                });
+            }
+            for (rig_id, _) in &edits.rig_profiles {
+                let v: Option<Option<i64>> = sqlx::query_scalar("SELECT profile_id FROM rigs WHERE id = $1")
+                    .bind(rig_id).fetch_optional(&mut *tx).await?;
+                undo.rig_profiles.push((*rig_id, v.ok_or(StoreError::NotFound)?));
+            }
+            for (rig_id, _) in &overrides {
+                let v: Option<String> = sqlx::query_scalar("SELECT overrides_json FROM rigs WHERE id = $1")
+                    .bind(rig_id).fetch_optional(&mut *tx).await?;
+                undo.rig_overrides.push((*rig_id, v.ok_or(StoreError::NotFound)?));
+            }
+            let undo_json = serde_json::to_string(&undo)
+                .map_err(|e| StoreError::Invalid(format!("undo json: {e}")))?;
             for (id, json) in &profiles {
                 let n = sqlx::query("UPDATE profiles SET config_json = $2, updated_at_ms = $3, updated_by = $4 WHERE id = $1")
                     .bind(id).bind(json).bind(new.now_ms).bind(new.created_by)
@@ -165,7 +215,7 @@ impl Store {
                  VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
             )
             .bind(new.kind).bind(new.target_json).bind(new.action_json).bind(new.stage_json)
-            .bind(new.undo_json).bind(new.summary).bind(new.created_by).bind(new.now_ms)
+            .bind(&undo_json).bind(new.summary).bind(new.created_by).bind(new.now_ms)
             .fetch_one(&mut *tx).await?;
             for (rig_id, wave, previous) in new.rigs {
                 sqlx::query(
@@ -178,6 +228,55 @@ impl Store {
             tx.commit().await?;
             Ok(id)
         })
+    }
+
+    /// Puts back what the rollout's layer edits replaced (profiles, groups, rigs' profiles and
+    /// overrides), in one transaction.
+    pub async fn undo_rollout_layers(&self, id: i64, now_ms: i64) -> Result<(), StoreError> {
+        let row = self.rollout(id).await?.ok_or(StoreError::NotFound)?;
+        let undo: Undo = serde_json::from_str(&row.undo_json)
+            .map_err(|e| StoreError::Corrupt(format!("rollout undo: {e}")))?;
+        dispatch!(self, p => {
+            let mut tx = p.begin_with(p.write_begin()).await?;
+            for (pid, json) in &undo.profiles {
+                sqlx::query("UPDATE profiles SET config_json = $2, updated_at_ms = $3 WHERE id = $1")
+                    .bind(pid).bind(json).bind(now_ms).execute(&mut *tx).await?;
+            }
+            for g in &undo.groups {
+                sqlx::query("UPDATE groups SET profile_id = $2, overrides_json = $3, description = $4 WHERE name = $1")
+                    .bind(&g.name).bind(g.profile_id).bind(&g.overrides_json).bind(&g.description)
+                    .execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM group_algorithm_profiles WHERE group_name = $1")
+                    .bind(&g.name).execute(&mut *tx).await?;
+                for (algorithm, pid) in &g.algorithm_profiles {
+                    sqlx::query("INSERT INTO group_algorithm_profiles (group_name, algorithm, profile_id) VALUES ($1, $2, $3)")
+                        .bind(&g.name).bind(algorithm).bind(pid).execute(&mut *tx).await?;
+                }
+            }
+            for (rig, pid) in &undo.rig_profiles {
+                sqlx::query("UPDATE rigs SET profile_id = $2 WHERE id = $1")
+                    .bind(rig).bind(pid).execute(&mut *tx).await?;
+            }
+            for (rig, json) in &undo.rig_overrides {
+                sqlx::query("UPDATE rigs SET overrides_json = $2 WHERE id = $1")
+                    .bind(rig).bind(json).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// A rig's desired config of an earlier version, if still kept.
+    pub async fn desired_config_version(
+        &self,
+        rig_id: i64,
+        version: u64,
+    ) -> Result<Option<rigfleet_proto::config::DesiredConfig>, StoreError> {
+        let v = to_i64(version, "version")?;
+        let json: Option<String> = dispatch!(self, p => sqlx::query_scalar(
+            "SELECT config_json FROM desired_configs WHERE rig_id = $1 AND version = $2")
+            .bind(rig_id).bind(v).fetch_optional(p).await?);
+        json.map(|j| self.open_config_json(&j)).transpose()
     }
 
     /// Rollouts, newest first.

@@ -201,6 +201,13 @@ async fn change(
         }
     }
     config.version = row.desired_version + 1;
+    // The rig's own overrides hold what was set on it directly, so a later rollout that
+    // rebuilds its config from its layers keeps this change.
+    state
+        .hub
+        .store
+        .set_rig_overrides(row.id, &super::layers::ConfigLayer::from_config(&config))
+        .await?;
     let (stored, pushed) = state
         .hub
         .set_desired_config(

@@ -15,6 +15,7 @@ pub mod error;
 pub mod layers;
 pub mod profiles;
 pub mod rigs;
+pub mod rollouts;
 pub mod status;
 pub mod users;
 

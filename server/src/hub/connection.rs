@@ -546,28 +546,11 @@ async fn note_stream(hub: &Arc<Hub>, rig_id: i64, stream: &str, last_acked: Opti
 async fn reconcile_config(hub: &Arc<Hub>, rig_id: i64, rig_uid: &RigId, applied: Option<u64>) {
     let desired = match hub.store.desired_config(rig_id).await {
         Ok(Some(d)) => d,
-        Ok(None) => match hub.store.default_profile().await {
-            Ok(Some(profile)) => {
-                match hub
-                    .store
-                    .set_desired_config(
-                        rig_id,
-                        &profile.config,
-                        Some("default profile"),
-                        crate::now_ms(),
-                    )
-                    .await
-                {
-                    Ok(d) => d,
-                    Err(error) => {
-                        tracing::warn!(%error, "Could not give a rig the default profile");
-                        return;
-                    }
-                }
-            }
+        Ok(None) => match first_config(hub, rig_id).await {
+            Ok(Some(d)) => d,
             Ok(None) => return,
             Err(error) => {
-                tracing::warn!(%error, "Could not read the default profile");
+                tracing::warn!(%error, "Could not give a rig its first config");
                 return;
             }
         },
@@ -583,6 +566,52 @@ async fn reconcile_config(hub: &Arc<Hub>, rig_id: i64, rig_uid: &RigId, applied:
         hub.metrics.error("order");
         tracing::warn!(%error, "Could not send a desired config");
     }
+}
+
+/// A rig that never had a desired config: it takes the default profile (as its own profile,
+/// unless its group names one) and its config is built from its layers, so `{rig}` in the
+/// profile's pools becomes this rig's name.
+async fn first_config(
+    hub: &Arc<Hub>,
+    rig_id: i64,
+) -> Result<Option<crate::db::DesiredRow>, crate::db::StoreError> {
+    let mut snap = hub.store.layer_snapshot(Some(&[rig_id])).await?;
+    let Some(rig) = snap.rigs.first().cloned() else {
+        return Ok(None);
+    };
+    let group_profile = rig
+        .group
+        .as_ref()
+        .and_then(|g| snap.groups.get(g))
+        .and_then(|g| g.profile_id);
+    if rig.profile_id.is_none() && group_profile.is_none() {
+        let Some(default) = hub.store.default_profile().await? else {
+            return Ok(None);
+        };
+        hub.store.set_rig_profile(rig_id, Some(default.id)).await?;
+        snap = hub.store.layer_snapshot(Some(&[rig_id])).await?;
+    }
+    let Some(rig) = snap.rigs.first() else {
+        return Ok(None);
+    };
+    let built = match crate::fleet::layers::build_rig(&snap, rig) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            tracing::warn!(%error, rig = %rig.rig_uid, "The rig's layers do not build a config");
+            return Ok(None);
+        }
+    };
+    let mut rows = hub
+        .store
+        .store_desired_batch(
+            &[(rig_id, built.config)],
+            Some("default profile"),
+            None,
+            crate::now_ms(),
+        )
+        .await?;
+    Ok(rows.pop().map(|(_, row)| row))
 }
 
 async fn serve(

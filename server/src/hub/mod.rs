@@ -426,6 +426,53 @@ impl Hub {
         self.send_config(rig_id, rig_uid, &newest).await
     }
 
+    /// Pushes many rigs' newly stored desired configs (a rollout's wave): the connected rigs'
+    /// order counters are taken in a few statements and each frame is signed and queued under
+    /// its rig's push lock. A rig for which a newer version was stored meanwhile is skipped (the
+    /// newer push carries it); rigs not connected get theirs when they reconnect. Returns the
+    /// rigs whose frame was queued.
+    pub async fn push_configs(
+        &self,
+        rows: &[(i64, RigId, DesiredRow)],
+    ) -> Result<std::collections::HashSet<i64>, OrderError> {
+        let mut sent = std::collections::HashSet::new();
+        let connected: Vec<&(i64, RigId, DesiredRow)> = rows
+            .iter()
+            .filter(|(id, _, _)| self.is_connected(*id))
+            .collect();
+        if connected.is_empty() {
+            return Ok(sent);
+        }
+        let mut guards = Vec::with_capacity(connected.len());
+        for (id, _, _) in &connected {
+            guards.push(self.push_lock(*id).await);
+        }
+        let ids: Vec<i64> = connected.iter().map(|(id, _, _)| *id).collect();
+        let newest = self.store.desired_versions(&ids).await?;
+        let current: Vec<&&(i64, RigId, DesiredRow)> = connected
+            .iter()
+            .filter(|(id, _, row)| newest.get(id).is_some_and(|v| *v == row.version))
+            .collect();
+        let ids: Vec<i64> = current.iter().map(|(id, _, _)| *id).collect();
+        let counters = self.store.next_order_counters(&ids).await?;
+        let expires = crate::now_ms() + ORDER_LIFETIME.as_millis() as i64;
+        for (id, uid, row) in current {
+            let Some(counter) = counters.get(id) else {
+                continue;
+            };
+            let payload = serde_json::to_string(&row.config)
+                .map_err(|e| OrderError::Encode(e.to_string()))?;
+            let order = self
+                .key
+                .sign_order(OrderKind::SetConfig, uid, *counter, expires, payload);
+            if self.try_send(*id, Outbound::Frame(ServerMessage::SetConfig(order))) {
+                sent.insert(*id);
+            }
+        }
+        drop(guards);
+        Ok(sent)
+    }
+
     /// Signs and queues `row` for the rig; the caller holds the rig's push lock.
     async fn send_config(
         &self,

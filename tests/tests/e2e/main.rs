@@ -12,6 +12,9 @@ mod telemetry_streams;
 /// Orders through the hub: config pushes in version order, command waiters that end.
 mod hub_orders;
 
+/// Rollouts: a target's desired configs changed in one request, converging per rig.
+mod rollouts;
+
 /// The server's REST API, OpenAPI document, metrics and restart.
 mod server_api;
 
