@@ -130,18 +130,7 @@ pub fn summary(fields: &FieldErrors) -> String {
 
 impl From<StoreError> for ApiFailure {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => ApiFailure::not_found("record"),
-            StoreError::Conflict(m) => ApiFailure::new(StatusCode::CONFLICT, "conflict", m),
-            other => {
-                tracing::error!(error = %other, "Database error");
-                ApiFailure::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "the database did not answer; retry later",
-                )
-            }
-        }
+        crate::fleet::FleetError::from(e).into()
     }
 }
 

@@ -221,15 +221,9 @@ impl WebError {
     }
 }
 
-impl From<crate::api::error::ApiFailure> for WebError {
-    fn from(e: crate::api::error::ApiFailure) -> Self {
-        WebError::new(e.status, e.message)
-    }
-}
-
 impl From<crate::db::StoreError> for WebError {
     fn from(e: crate::db::StoreError) -> Self {
-        crate::api::error::ApiFailure::from(e).into()
+        crate::fleet::FleetError::from(e).into()
     }
 }
 
